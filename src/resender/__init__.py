@@ -1,0 +1,1 @@
+"""Resend failed Capillary communications exactly once per messageId."""

@@ -1,0 +1,107 @@
+"""Lambda entry point: wiring only. The flow lives in :mod:`resender.processor`."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from aws_lambda_powertools import Tracer
+from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from resender.aws import AwsClients
+from resender.capillary import CapillaryClient
+from resender.credentials import CredentialsProvider
+from resender.events import EventSource, parse_event
+from resender.observability import METRICS_NAMESPACE, SERVICE_NAME, logger
+from resender.processor import RecordReport, Resender
+from resender.queues import Queues
+from resender.settings import Settings
+from resender.store import OutcomeStore
+
+tracer = Tracer(service=SERVICE_NAME)
+
+
+class RetryableFailureError(RuntimeError):
+    """Raised for a direct SNS invocation whose record should be retried by Lambda's async retries."""
+
+
+@dataclass(frozen=True, slots=True)
+class Container:
+    """Everything built once per Lambda container and reused by every invocation."""
+
+    settings: Settings
+    clients: AwsClients
+    resender: Resender
+
+
+def build_container(settings: Settings | None = None) -> Container:
+    settings = settings or Settings.from_env()
+    clients = AwsClients(pool_size=settings.resend_concurrency)
+    credentials = CredentialsProvider(
+        clients.secretsmanager, settings.capillary_secret_id, settings.secret_max_age_seconds
+    )
+    capillary = CapillaryClient(
+        settings.capillary_base_url,
+        credentials,
+        timeout_seconds=settings.capillary_timeout_seconds,
+        pool_size=settings.resend_concurrency,
+        max_text_chars=settings.max_text_chars,
+    )
+    resender = Resender(
+        settings,
+        store=OutcomeStore(
+            clients.dynamodb, settings.outcomes_table, ttl_seconds=settings.idempotency_ttl_seconds
+        ),
+        capillary=capillary,
+        queues=Queues(clients.sqs, settings.dead_letter_queue_url),
+        executor=ThreadPoolExecutor(max_workers=settings.resend_concurrency, thread_name_prefix="resend"),
+    )
+    return Container(settings, clients, resender)
+
+
+_container: Container | None = None
+_container_lock = threading.Lock()
+
+
+def container() -> Container:
+    global _container  # noqa: PLW0603 - one container per Lambda execution environment, built on first use
+    with _container_lock:
+        if _container is None:
+            _container = build_container()
+        return _container
+
+
+def reset_container(replacement: Container | None = None) -> None:
+    """Drop (or replace) the per-container state, e.g. after the environment changed."""
+    global _container  # noqa: PLW0603
+    with _container_lock:
+        _container = replacement
+
+
+@logger.inject_lambda_context(log_event=False)
+@tracer.capture_lambda_handler(capture_response=False)
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    source, deliveries = parse_event(event)
+    reports = container().resender.process(
+        deliveries, remaining_seconds=lambda: context.get_remaining_time_in_millis() / 1000
+    )
+    publish_metrics(reports)
+    retried = [report for report in reports if report.retry]
+    if source is EventSource.SNS:
+        if retried:
+            raise RetryableFailureError(f"{len(retried)} SNS record(s) must be retried: {retried[0].reason}")
+        return {"batchItemFailures": []}
+    return {"batchItemFailures": [{"itemIdentifier": report.delivery.record_id} for report in retried]}
+
+
+def publish_metrics(reports: Iterable[RecordReport]) -> None:
+    # Ephemeral metrics keep each invocation's figures apart when the handler runs on several threads.
+    metrics = EphemeralMetrics(namespace=METRICS_NAMESPACE, service=SERVICE_NAME)
+    for report in reports:
+        for metric in report.metrics:
+            metrics.add_metric(name=metric.name, unit=MetricUnit(metric.unit), value=metric.value)
+    metrics.flush_metrics()

@@ -1,0 +1,231 @@
+"""From a Lambda event to the communication ids it asks us to resend.
+
+Four shapes reach the function: an SQS body that is the failure itself, an SNS envelope inside an SQS body
+(subscription without raw delivery), SNS invoking the function directly, and an EventBridge event in an SQS
+body. Each is unwrapped to the failure payload, then ``MESSAGE_ID_PATH`` (JMESPath) finds the id. Anything
+that does not yield a positive int64 is poison: it carries the reason and is never sent to Capillary.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Final
+
+import jmespath
+from jmespath.exceptions import JMESPathError
+from jmespath.parser import ParsedResult
+
+from resender.settings import ConfigurationError
+
+INT64_LIMIT: Final = 2**63
+_DIGITS = re.compile(r"[0-9]{1,19}")
+# An SNS envelope nested in an EventBridge event nested in ... is legitimate up to a point; past it, the
+# body is treated as what it most likely is: a payload that happens to look like an envelope.
+_MAX_UNWRAP_DEPTH: Final = 4
+
+
+class EventSource(StrEnum):
+    SQS = "aws:sqs"
+    SNS = "aws:sns"
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """Where a record came from, so it can be acknowledged, retried or copied to the dead-letter queue."""
+
+    record_id: str
+    body: str
+    receive_count: int = 1
+    receipt_handle: str | None = None
+    source_arn: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """A valid request to resend one communication."""
+
+    delivery: Delivery
+    message_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Poison:
+    """A record that can never become a resend; ``reason`` says why in words an operator can act on."""
+
+    delivery: Delivery
+    reason: str
+
+
+ParsedRecord = Notice | Poison
+
+
+class UnsupportedEventError(ValueError):
+    """The event is neither an SQS batch nor an SNS invocation."""
+
+
+class MessageIdParser:
+    """Reads the communication id out of one record's body."""
+
+    def __init__(self, message_id_path: str = "messageId", max_body_bytes: int = 256 * 1024) -> None:
+        try:
+            self._path: ParsedResult = jmespath.compile(message_id_path)
+        except JMESPathError as error:
+            raise ConfigurationError(f"MESSAGE_ID_PATH is not a valid JMESPath expression: {error}") from None
+        self._path_text = message_id_path
+        self._max_body_bytes = max_body_bytes
+
+    def parse(self, delivery: Delivery) -> ParsedRecord:
+        try:
+            return Notice(delivery, self.message_id(delivery.body))
+        except PoisonError as error:
+            return Poison(delivery, str(error))
+
+    def message_id(self, body: str) -> int:
+        """The id in ``body``, or :class:`PoisonError` saying why there is none."""
+        size = len(body.encode("utf-8", errors="surrogatepass"))
+        if size > self._max_body_bytes:
+            raise PoisonError(f"body is {size} bytes, more than the {self._max_body_bytes} allowed")
+        payload = unwrap(_load_json(body, "body"))
+        try:
+            found = self._path.search(payload)
+        except (JMESPathError, TypeError, ValueError):
+            found = None
+        return validate_message_id(found, self._path_text)
+
+
+class PoisonError(ValueError):
+    """Raised with the reason a record is poison."""
+
+
+def validate_message_id(value: object, path: str = "messageId") -> int:
+    """A positive int64 given as a JSON integer or a string of ASCII digits; nothing else."""
+    if value is None:
+        raise PoisonError(f"messageId is missing or null at {path!r}")
+    # bool is a subclass of int in Python, and ``true`` is never a message id.
+    if isinstance(value, bool):
+        raise PoisonError("messageId is a boolean, not an integer")
+    if isinstance(value, int):
+        number = value
+    elif isinstance(value, str):
+        if not _DIGITS.fullmatch(value):
+            raise PoisonError(f"messageId string is not a plain string of digits: {_excerpt(value)}")
+        number = int(value)
+    elif isinstance(value, float):
+        raise PoisonError(f"messageId is a decimal number, not an integer: {_excerpt(repr(value))}")
+    else:
+        raise PoisonError(f"messageId must be an integer, got a JSON {_json_type(value)}")
+    if number <= 0:
+        raise PoisonError(f"messageId must be greater than 0, got {number}")
+    if number >= INT64_LIMIT:
+        raise PoisonError("messageId does not fit in a signed 64-bit integer")
+    return number
+
+
+def unwrap(payload: Any) -> Any:
+    """Peel SNS envelopes and EventBridge events off the failure payload."""
+    for _ in range(_MAX_UNWRAP_DEPTH):
+        if _is_sns_envelope(payload):
+            message = payload["Message"]
+            if not isinstance(message, str):
+                raise PoisonError("SNS envelope Message is not a string")
+            # The envelope's own MessageId is SNS's uuid: it is dropped here with the envelope on purpose.
+            payload = _load_json(message, "SNS Message")
+        elif _is_eventbridge_event(payload):
+            payload = payload["detail"]
+        else:
+            return payload
+    return payload
+
+
+def parse_event(event: Mapping[str, Any]) -> tuple[EventSource, list[Delivery]]:
+    """Split a Lambda event into deliveries, each with the body to parse."""
+    records = event.get("Records")
+    if not isinstance(records, list) or not records:
+        raise UnsupportedEventError("event has no Records: expected an SQS batch or an SNS invocation")
+    sources = {_record_source(record) for record in records}
+    if len(sources) != 1:
+        raise UnsupportedEventError("event mixes records from different sources")
+    source = sources.pop()
+    reader = _sqs_delivery if source is EventSource.SQS else _sns_delivery
+    return source, [reader(record) for record in records]
+
+
+def _record_source(record: object) -> EventSource:
+    if isinstance(record, Mapping):
+        name = record.get("eventSource") or record.get("EventSource")
+        if name == EventSource.SQS:
+            return EventSource.SQS
+        if name == EventSource.SNS or isinstance(record.get("Sns"), Mapping):
+            return EventSource.SNS
+    raise UnsupportedEventError("record is neither from SQS nor from SNS")
+
+
+def _sqs_delivery(record: Mapping[str, Any]) -> Delivery:
+    attributes = record.get("attributes")
+    receive_count = 1
+    if isinstance(attributes, Mapping):
+        raw_count = str(attributes.get("ApproximateReceiveCount", "1"))
+        receive_count = int(raw_count) if raw_count.isdigit() else 1
+    body = record.get("body")
+    return Delivery(
+        record_id=str(record.get("messageId", "")),
+        body=body if isinstance(body, str) else "",
+        receive_count=max(receive_count, 1),
+        receipt_handle=record.get("receiptHandle"),
+        source_arn=record.get("eventSourceARN"),
+    )
+
+
+def _sns_delivery(record: Mapping[str, Any]) -> Delivery:
+    sns = record.get("Sns")
+    sns = sns if isinstance(sns, Mapping) else {}
+    message = sns.get("Message")
+    return Delivery(
+        record_id=str(sns.get("MessageId", "")),
+        body=message if isinstance(message, str) else "",
+        source_arn=sns.get("TopicArn") or record.get("EventSubscriptionArn"),
+    )
+
+
+def _load_json(text: str, what: str) -> Any:
+    if not text.strip():
+        raise PoisonError(f"{what} is empty")
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
+    except RecursionError:
+        raise PoisonError(f"{what} is nested too deeply") from None
+    except ValueError as error:  # JSONDecodeError, NaN/Infinity, integers too long to convert
+        raise PoisonError(f"{what} is not valid JSON: {_excerpt(str(error))}") from None
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _is_sns_envelope(payload: Any) -> bool:
+    return (
+        isinstance(payload, dict)
+        and payload.get("Type") == "Notification"
+        and "Message" in payload
+        and "TopicArn" in payload
+    )
+
+
+def _is_eventbridge_event(payload: Any) -> bool:
+    return isinstance(payload, dict) and "detail" in payload and "detail-type" in payload
+
+
+def _json_type(value: object) -> str:
+    if isinstance(value, dict):
+        return "object"
+    if isinstance(value, list):
+        return "array"
+    return type(value).__name__
+
+
+def _excerpt(text: str, limit: int = 64) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."

@@ -1,0 +1,105 @@
+"""Configuration read once per container from the environment.
+
+Every setting has a safe default except the three that name outside resources. The Capillary base URL comes
+from here and nowhere else: an event can never redirect the credentials to another host.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TypeVar
+from urllib.parse import urlsplit
+
+N = TypeVar("N", int, float)
+
+LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+class ConfigurationError(Exception):
+    """A setting is missing or invalid; the message names the setting, never a secret."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    outcomes_table: str
+    capillary_secret_id: str
+    capillary_base_url: str
+    capillary_timeout_seconds: float = 10.0
+    dead_letter_queue_url: str | None = None
+    max_resend_depth: int = 2
+    message_id_path: str = "messageId"
+    idempotency_ttl_seconds: int = 7 * 24 * 3600
+    secret_max_age_seconds: int = 300
+    resend_concurrency: int = 10
+    claim_margin_seconds: int = 60
+    default_claim_lease_seconds: int = 900
+    circuit_breaker_threshold: int = 3
+    retry_base_seconds: int = 30
+    retry_cap_seconds: int = 900
+    max_body_bytes: int = 256 * 1024
+    max_text_chars: int = 512
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        settings = cls(
+            outcomes_table=_required(env, "OUTCOMES_TABLE"),
+            capillary_secret_id=_required(env, "CAPILLARY_SECRET_ID"),
+            capillary_base_url=validate_base_url(_required(env, "CAPILLARY_BASE_URL")),
+            capillary_timeout_seconds=_number(env, "CAPILLARY_TIMEOUT_SECONDS", 10.0, float),
+            dead_letter_queue_url=env.get("DEAD_LETTER_QUEUE_URL") or None,
+            max_resend_depth=_number(env, "MAX_RESEND_DEPTH", 2, int, minimum=0),
+            message_id_path=env.get("MESSAGE_ID_PATH") or "messageId",
+            idempotency_ttl_seconds=_number(env, "IDEMPOTENCY_TTL_SECONDS", 7 * 24 * 3600, int, minimum=1),
+            secret_max_age_seconds=_number(env, "SECRET_MAX_AGE_SECONDS", 300, int, minimum=0),
+            resend_concurrency=_number(env, "RESEND_CONCURRENCY", 10, int, minimum=1),
+            claim_margin_seconds=_number(env, "CLAIM_MARGIN_SECONDS", 60, int, minimum=0),
+            default_claim_lease_seconds=_number(env, "CLAIM_LEASE_SECONDS", 900, int, minimum=1),
+            circuit_breaker_threshold=_number(env, "CIRCUIT_BREAKER_THRESHOLD", 3, int, minimum=1),
+            retry_base_seconds=_number(env, "RETRY_BASE_SECONDS", 30, int, minimum=0),
+            retry_cap_seconds=_number(env, "RETRY_CAP_SECONDS", 900, int, minimum=0),
+            max_body_bytes=_number(env, "MAX_BODY_BYTES", 256 * 1024, int, minimum=1),
+            max_text_chars=_number(env, "MAX_TEXT_CHARS", 512, int, minimum=64),
+        )
+        if settings.capillary_timeout_seconds <= 0:
+            raise ConfigurationError("CAPILLARY_TIMEOUT_SECONDS must be greater than 0")
+        if settings.retry_cap_seconds > 43_200:
+            raise ConfigurationError("RETRY_CAP_SECONDS must be at most 43200 (the SQS visibility limit)")
+        return settings
+
+
+def validate_base_url(url: str) -> str:
+    """Accept https, or http only towards a loopback host (local runs and tests)."""
+    parts = urlsplit(url.strip())
+    host = (parts.hostname or "").lower()
+    if not host:
+        raise ConfigurationError("CAPILLARY_BASE_URL must be an absolute URL with a host")
+    if parts.scheme == "https" or (parts.scheme == "http" and host in LOOPBACK_HOSTS):
+        if parts.query or parts.fragment or parts.username or parts.password:
+            raise ConfigurationError("CAPILLARY_BASE_URL must not carry credentials, a query or a fragment")
+        return url.strip().rstrip("/")
+    raise ConfigurationError(
+        "CAPILLARY_BASE_URL must use https (plain http is allowed only for loopback hosts)"
+    )
+
+
+def _required(env: Mapping[str, str], name: str) -> str:
+    value = env.get(name, "").strip()
+    if not value:
+        raise ConfigurationError(f"{name} is not set")
+    return value
+
+
+def _number(env: Mapping[str, str], name: str, default: N, kind: type[N], minimum: N | None = None) -> N:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise ConfigurationError(f"{name} must be a number, got {raw[:32]!r}") from None
+    if minimum is not None and value < minimum:
+        raise ConfigurationError(f"{name} must be at least {minimum}")
+    return value

@@ -1,0 +1,332 @@
+"""The outcomes table: one item per messageId, claimed before the call and settled after it.
+
+The claim is a conditional write, so two deliveries of the same id (in one batch, in two containers, or
+replayed a week later) cannot both reach Capillary. The claim holds a lease: a holder that vanished (crash,
+timeout) leaves an ``IN_PROGRESS`` item whose lease has run out, and the next delivery turns it into
+``UNCERTAIN`` instead of resending, because the vanished holder may have been answered already.
+
+Recording a resend also writes a *link* on the item of the message the resend produced (``resendOf``,
+``resendDepth``) in the same transaction, so the resend loop guard costs no extra round trip. A link item
+has no ``status`` until that message itself fails and is claimed.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any, Final, cast
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from resender.models import FINAL_STATUSES, Status
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
+    from mypy_boto3_dynamodb.type_defs import TransactWriteItemTypeDef
+
+# Attributes an outcome may carry; those an outcome does not set are removed, so a RESENT item never shows
+# the error of an earlier RETRYING attempt.
+OPTIONAL_ATTRIBUTES: Final = (
+    "resentMessageId",
+    "orgId",
+    "requestId",
+    "errorCode",
+    "errorMessage",
+    "httpStatus",
+)
+
+
+class StoreError(Exception):
+    """DynamoDB could not be read or written; the message carries the AWS error code only."""
+
+
+class ClaimLostError(StoreError):
+    """The claim token no longer matches: another delivery settled this item first."""
+
+
+class ClaimState(StrEnum):
+    CLAIMED = "CLAIMED"  # ours: call Capillary
+    SETTLED = "SETTLED"  # a final status exists: acknowledge without calling
+    IN_FLIGHT = "IN_FLIGHT"  # another holder's lease is live: try again later
+    EXPIRED = "EXPIRED"  # a vanished holder's claim, now recorded UNCERTAIN
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    message_id: int
+    token: str
+    attempts: int
+    depth: int  # how many resends separate this message from the original failure
+    resend_of: int | None
+    root_message_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimResult:
+    state: ClaimState
+    claim: Claim | None = None
+    status: Status | None = None  # the status found (SETTLED) or written (EXPIRED)
+    lease_expires_at: float | None = None  # when another holder's live claim runs out (IN_FLIGHT)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    status: Status
+    resent_message_id: int | None = None
+    org_id: int | None = None
+    request_id: str | None = None
+    error_code: int | None = None
+    error_message: str | None = None
+    http_status: int | None = None
+
+    def attributes(self) -> dict[str, Any]:
+        values = {
+            "resentMessageId": self.resent_message_id,
+            "orgId": self.org_id,
+            "requestId": self.request_id,
+            "errorCode": self.error_code,
+            "errorMessage": self.error_message,
+            "httpStatus": self.http_status,
+        }
+        return {name: value for name, value in values.items() if value is not None}
+
+
+class OutcomeStore:
+    def __init__(
+        self,
+        client: DynamoDBClient,
+        table_name: str,
+        *,
+        ttl_seconds: int = 7 * 24 * 3600,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._client = client
+        self._table = table_name
+        self._ttl = ttl_seconds
+        self._clock = clock
+
+    def claim(self, message_id: int, lease_seconds: float) -> ClaimResult:
+        now = self._clock()
+        token = uuid.uuid4().hex
+        try:
+            response = self._client.update_item(
+                TableName=self._table,
+                Key=_key(message_id),
+                UpdateExpression=(
+                    "SET #status = :claimed, attempts = if_not_exists(attempts, :zero) + :one, "
+                    "claimToken = :token, leaseExpiresAt = :lease, "
+                    "createdAt = if_not_exists(createdAt, :now), updatedAt = :now, expiresAt = :expires"
+                ),
+                ConditionExpression="attribute_not_exists(#status) OR #status = :retrying",
+                ExpressionAttributeNames={"#status": "status"},
+                ExpressionAttributeValues={
+                    ":claimed": {"S": Status.IN_PROGRESS},
+                    ":retrying": {"S": Status.RETRYING},
+                    ":zero": {"N": "0"},
+                    ":one": {"N": "1"},
+                    ":token": {"S": token},
+                    ":lease": {"N": str(int(now + lease_seconds) + 1)},
+                    ":now": {"S": _iso(now)},
+                    ":expires": {"N": str(int(now) + self._ttl)},
+                },
+                ReturnValues="ALL_NEW",
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            )
+        except ClientError as error:
+            if _code(error) != "ConditionalCheckFailedException":
+                raise StoreError(f"claim failed ({_code(error)})") from None
+            existing = cast("Mapping[str, Any] | None", error.response.get("Item")) or self._read(message_id)
+            return self._on_taken(message_id, existing, now)
+        except BotoCoreError as error:
+            raise StoreError(f"claim failed ({type(error).__name__})") from None
+        item = _plain(response.get("Attributes", {}))
+        return ClaimResult(
+            ClaimState.CLAIMED,
+            Claim(
+                message_id=message_id,
+                token=token,
+                attempts=int(item.get("attempts", 1)),
+                depth=int(item.get("resendDepth", 0)),
+                resend_of=_optional_int(item.get("resendOf")),
+                root_message_id=int(item.get("rootMessageId", message_id)),
+            ),
+        )
+
+    def record(self, claim: Claim, outcome: Outcome) -> None:
+        """Settle our claim with ``outcome``; a resend also links the message it produced to this one."""
+        update = self._settle_update(claim, outcome)
+        try:
+            if outcome.resent_message_id is None:
+                self._client.update_item(**update)
+            else:
+                self._client.transact_write_items(
+                    TransactItems=[
+                        cast("TransactWriteItemTypeDef", {"Update": update}),
+                        self._link(claim, outcome.resent_message_id),
+                    ]
+                )
+        except ClientError as error:
+            if _lost_claim(error):
+                raise ClaimLostError("the claim was settled by another delivery") from None
+            raise StoreError(f"recording the outcome failed ({_code(error)})") from None
+        except BotoCoreError as error:
+            raise StoreError(f"recording the outcome failed ({type(error).__name__})") from None
+
+    def get(self, message_id: int) -> dict[str, Any] | None:
+        item = self._read(message_id)
+        return _plain(item) if item else None
+
+    def _settle_update(self, claim: Claim, outcome: Outcome) -> dict[str, Any]:
+        now = self._clock()
+        attributes = outcome.attributes()
+        names = {"#status": "status"}
+        values: dict[str, Any] = {
+            ":status": {"S": outcome.status},
+            ":now": {"S": _iso(now)},
+            ":expires": {"N": str(int(now) + self._ttl)},
+            ":token": {"S": claim.token},
+        }
+        assignments = ["#status = :status", "updatedAt = :now", "expiresAt = :expires"]
+        for index, (name, value) in enumerate(attributes.items()):
+            names[f"#a{index}"] = name
+            values[f":a{index}"] = _attribute_value(value)
+            assignments.append(f"#a{index} = :a{index}")
+        removals = ["claimToken", "leaseExpiresAt"] + [
+            name for name in OPTIONAL_ATTRIBUTES if name not in attributes
+        ]
+        return {
+            "TableName": self._table,
+            "Key": _key(claim.message_id),
+            "UpdateExpression": f"SET {', '.join(assignments)} REMOVE {', '.join(removals)}",
+            "ConditionExpression": "claimToken = :token",
+            "ExpressionAttributeNames": names,
+            "ExpressionAttributeValues": values,
+        }
+
+    def _link(self, claim: Claim, resent_message_id: int) -> TransactWriteItemTypeDef:
+        now = self._clock()
+        return {
+            "Update": {
+                "TableName": self._table,
+                "Key": _key(resent_message_id),
+                "UpdateExpression": (
+                    "SET resendOf = :of, resendDepth = :depth, rootMessageId = :root, "
+                    "linkedAt = :now, expiresAt = if_not_exists(expiresAt, :expires)"
+                ),
+                "ExpressionAttributeValues": {
+                    ":of": {"N": str(claim.message_id)},
+                    ":depth": {"N": str(claim.depth + 1)},
+                    ":root": {"N": str(claim.root_message_id)},
+                    ":now": {"S": _iso(now)},
+                    ":expires": {"N": str(int(now) + self._ttl)},
+                },
+            }
+        }
+
+    def _on_taken(self, message_id: int, existing: Mapping[str, Any] | None, now: float) -> ClaimResult:
+        item = _plain(existing or {})
+        status = _status(item.get("status"))
+        if status in FINAL_STATUSES:
+            return ClaimResult(ClaimState.SETTLED, status=status)
+        lease_expires_at = float(item.get("leaseExpiresAt", 0))
+        if status is Status.IN_PROGRESS and lease_expires_at < now:
+            return self._expire(message_id, str(item.get("claimToken", "")), now)
+        return ClaimResult(ClaimState.IN_FLIGHT, status=status, lease_expires_at=lease_expires_at)
+
+    def _expire(self, message_id: int, stale_token: str, now: float) -> ClaimResult:
+        try:
+            self._client.update_item(
+                TableName=self._table,
+                Key=_key(message_id),
+                UpdateExpression=(
+                    "SET #status = :uncertain, errorMessage = :why, updatedAt = :now, expiresAt = :expires "
+                    "REMOVE claimToken, leaseExpiresAt"
+                ),
+                ConditionExpression="#status = :claimed AND claimToken = :stale",
+                ExpressionAttributeNames={"#status": "status"},
+                ExpressionAttributeValues={
+                    ":uncertain": {"S": Status.UNCERTAIN},
+                    ":claimed": {"S": Status.IN_PROGRESS},
+                    ":stale": {"S": stale_token},
+                    ":why": {
+                        "S": "claim expired: its holder stopped before recording an outcome, "
+                        "so Capillary may already have resent it"
+                    },
+                    ":now": {"S": _iso(now)},
+                    ":expires": {"N": str(int(now) + self._ttl)},
+                },
+            )
+        except ClientError as error:
+            if _code(error) == "ConditionalCheckFailedException":
+                return ClaimResult(ClaimState.IN_FLIGHT)  # someone else settled it just now: look again later
+            raise StoreError(f"expiring a stale claim failed ({_code(error)})") from None
+        except BotoCoreError as error:
+            raise StoreError(f"expiring a stale claim failed ({type(error).__name__})") from None
+        return ClaimResult(ClaimState.EXPIRED, status=Status.UNCERTAIN)
+
+    def _read(self, message_id: int) -> dict[str, Any] | None:
+        try:
+            response = self._client.get_item(TableName=self._table, Key=_key(message_id), ConsistentRead=True)
+        except ClientError as error:
+            raise StoreError(f"reading the outcome failed ({_code(error)})") from None
+        except BotoCoreError as error:
+            raise StoreError(f"reading the outcome failed ({type(error).__name__})") from None
+        return dict(response["Item"]) if "Item" in response else None
+
+
+def _key(message_id: int) -> dict[str, Any]:
+    return {"messageId": {"N": str(message_id)}}
+
+
+def _iso(epoch_seconds: float) -> str:
+    return (
+        datetime.fromtimestamp(epoch_seconds, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    )
+
+
+def _attribute_value(value: object) -> dict[str, str]:
+    if isinstance(value, int):
+        return {"N": str(value)}
+    return {"S": str(value)}
+
+
+def _plain(item: Mapping[str, Any]) -> dict[str, Any]:
+    """DynamoDB's typed JSON to plain values (numbers as int, since every number we store is whole)."""
+    plain: dict[str, Any] = {}
+    for name, typed in item.items():
+        if "N" in typed:
+            plain[name] = int(typed["N"])
+        elif "S" in typed:
+            plain[name] = typed["S"]
+        elif "BOOL" in typed:
+            plain[name] = typed["BOOL"]
+    return plain
+
+
+def _status(value: object) -> Status | None:
+    try:
+        return Status(str(value)) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _optional_int(value: object) -> int | None:
+    return int(value) if isinstance(value, int | str) and str(value).isdigit() else None
+
+
+def _code(error: ClientError) -> str:
+    return str(error.response.get("Error", {}).get("Code", "Unknown"))
+
+
+def _lost_claim(error: ClientError) -> bool:
+    code = _code(error)
+    if code == "ConditionalCheckFailedException":
+        return True
+    if code == "TransactionCanceledException":
+        reasons = error.response.get("CancellationReasons", [])
+        return bool(reasons) and reasons[0].get("Code") == "ConditionalCheckFailed"
+    return False
