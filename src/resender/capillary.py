@@ -71,7 +71,8 @@ def build_session(pool_size: int) -> requests.Session:
         redirect=0,
         status=0,
         other=0,
-        allowed_methods=frozenset(),
+        # POST is deliberately absent: a read error on a resend must surface, never be retried.
+        allowed_methods=frozenset({"GET"}),
         backoff_factor=0.1,
         raise_on_status=False,
     )

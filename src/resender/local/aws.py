@@ -21,7 +21,7 @@ import boto3
 REGION: Final = "us-east-1"
 ACCOUNT_ID: Final = "123456789012"
 TABLE_NAME: Final = "communication-outcomes"
-SECRET_ID: Final = "capillary/resender"
+SECRET_ID: Final = "capillary/resender"  # noqa: S105 - a secret name, not a secret
 QUEUE_NAME: Final = "communication-failures"
 DLQ_NAME: Final = "communication-failures-dlq"
 STATUS_INDEX: Final = "byStatus"
@@ -30,8 +30,8 @@ MAX_RECEIVE_COUNT: Final = 5
 # Credentials for the emulator only: moto accepts any, and these can never reach a real account.
 _FAKE_CREDENTIALS: Final = {
     "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",  # noqa: S105 - moto's conventional dummy value
-    "AWS_SESSION_TOKEN": "testing",  # noqa: S105
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_SESSION_TOKEN": "testing",
     "AWS_DEFAULT_REGION": REGION,
     "AWS_REGION": REGION,
 }
@@ -141,8 +141,12 @@ def provision(endpoint_url: str, secret: dict[str, str]) -> LocalResources:
     secrets = session.client("secretsmanager", endpoint_url=endpoint_url)
     secrets.create_secret(Name=SECRET_ID, SecretString=json.dumps(secret))
     sqs = session.client("sqs", endpoint_url=endpoint_url)
-    dlq_url = sqs.create_queue(QueueName=DLQ_NAME, Attributes={"MessageRetentionPeriod": "1209600"})["QueueUrl"]
-    dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    dlq_url = sqs.create_queue(QueueName=DLQ_NAME, Attributes={"MessageRetentionPeriod": "1209600"})[
+        "QueueUrl"
+    ]
+    dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"][
+        "QueueArn"
+    ]
     redrive = json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": MAX_RECEIVE_COUNT})
     queue_url = sqs.create_queue(
         QueueName=QUEUE_NAME, Attributes={"VisibilityTimeout": "180", "RedrivePolicy": redrive}

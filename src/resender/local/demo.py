@@ -1,0 +1,104 @@
+"""``make demo``: every sample event through the real handler, against emulated AWS and a Capillary stub."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+import boto3
+
+from resender.events import MessageIdParser, Notice, parse_event
+from resender.local.runner import Invocation, LocalStack, invoke, load_event, local_stack
+from resender.queues import POISON_REASON_ATTRIBUTE
+
+COLUMNS = ("event file", "messageId", "status", "resentMessageId", "reason")
+
+
+def default_events_dir() -> Path:
+    return Path.cwd() / "events"
+
+
+def event_files(directory: Path) -> list[Path]:
+    return sorted(path for path in directory.glob("*.json") if path.name != "env.json")
+
+
+def outcome_rows(stack: LocalStack, invocation: Invocation, event: dict[str, Any]) -> list[tuple[str, ...]]:
+    """One row per record: the outcome stored for its id, or why it was set aside."""
+    dynamodb = boto3.client("dynamodb", endpoint_url=stack.resources.endpoint_url)
+    parser = MessageIdParser()
+    rows: list[tuple[str, ...]] = []
+    _, deliveries = parse_event(event)
+    for delivery in deliveries:
+        parsed = parser.parse(delivery)
+        if not isinstance(parsed, Notice):
+            rows.append((invocation.event_file, "-", "POISON -> DLQ", "-", parsed.reason))
+            continue
+        item = dynamodb.get_item(
+            TableName=stack.resources.table_name, Key={"messageId": {"N": str(parsed.message_id)}}
+        ).get("Item", {})
+        status = item.get("status", {}).get("S", "-")
+        resent = item.get("resentMessageId", {}).get("N", "-")
+        reason = item.get("errorMessage", {}).get("S", "")
+        if invocation.error:
+            reason = f"invocation failed: {invocation.error}"
+        rows.append((invocation.event_file, str(parsed.message_id), status, resent, reason))
+    return rows
+
+
+def render_table(rows: Sequence[tuple[str, ...]], header: Sequence[str] = COLUMNS, width: int = 60) -> str:
+    clipped = [
+        tuple(cell if len(cell) <= width else cell[: width - 3] + "..." for cell in row) for row in rows
+    ]
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *clipped, strict=False)]
+    lines = ["  ".join(cell.ljust(size) for cell, size in zip(header, widths, strict=True))]
+    lines.append("  ".join("-" * size for size in widths))
+    lines.extend(
+        "  ".join(cell.ljust(size) for cell, size in zip(row, widths, strict=True)) for row in clipped
+    )
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def run_demo(events_dir: Path | None = None, out: TextIO | None = None) -> int:
+    import sys
+
+    out = out or sys.stdout
+    files = event_files(events_dir or default_events_dir())
+    if not files:
+        print(f"no event files found in {events_dir or default_events_dir()}", file=out)
+        return 2
+    with local_stack() as stack:
+        rows: list[tuple[str, ...]] = []
+        for path in files:
+            event = load_event(path)
+            rows.extend(outcome_rows(stack, invoke(event, path.name), event))
+        # A replay of every file: the outcomes table must turn all of them into acknowledged duplicates.
+        performed_before = stack.stub.resends_performed()
+        dlq_count = _dead_letter_count(stack)
+        replays = [invoke(load_event(path), path.name) for path in files]
+        replay_failures = [invocation for invocation in replays if invocation.error]
+        replayed_resends = stack.stub.resends_performed() - performed_before
+        print(render_table(rows), file=out)
+        print(file=out)
+        ids = {call.message_id for call in stack.stub.resend_calls if call.performed}
+        print(
+            f"Capillary performed {performed_before} resend(s) for {len(ids)} distinct messageId(s); "
+            f"replaying every file caused {replayed_resends} more.",
+            file=out,
+        )
+        print(
+            f"Dead-letter queue holds {dlq_count} poison record(s), each with a '{POISON_REASON_ATTRIBUTE}'.",
+            file=out,
+        )
+        if replay_failures:
+            print(f"{len(replay_failures)} replay invocation(s) failed", file=out)
+            return 1
+    return 0
+
+
+def _dead_letter_count(stack: LocalStack) -> int:
+    sqs = boto3.client("sqs", endpoint_url=stack.resources.endpoint_url)
+    attributes = sqs.get_queue_attributes(
+        QueueUrl=stack.resources.dead_letter_queue_url, AttributeNames=["ApproximateNumberOfMessages"]
+    )["Attributes"]
+    return int(attributes.get("ApproximateNumberOfMessages", "0"))
