@@ -1,0 +1,1 @@
+"""Local stand-ins for remote services, used by integration tests and the local demo."""

@@ -1,0 +1,95 @@
+"""Lambda events as AWS delivers them, built for tests."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+QUEUE_ARN = "arn:aws:sqs:us-east-1:123456789012:communication-failures"
+TOPIC_ARN = "arn:aws:sns:us-east-1:123456789012:communication-failures"
+
+
+def failure(message_id: object, **extra: object) -> str:
+    return json.dumps({"messageId": message_id, "channel": "SMS", "reason": "undelivered", **extra})
+
+
+def sqs_record(
+    body: str, *, receive_count: int = 1, source_arn: str = QUEUE_ARN, record_id: str | None = None
+) -> dict[str, Any]:
+    record_id = record_id or str(uuid.uuid4())
+    return {
+        "messageId": record_id,
+        "receiptHandle": f"handle-{record_id}",
+        "body": body,
+        "attributes": {
+            "ApproximateReceiveCount": str(receive_count),
+            "SentTimestamp": "1746061700000",
+            "SenderId": "AIDAIENQZJOLO23YVJ4VO",
+            "ApproximateFirstReceiveTimestamp": "1746061700011",
+        },
+        "messageAttributes": {},
+        "md5OfBody": "0" * 32,
+        "eventSource": "aws:sqs",
+        "eventSourceARN": source_arn,
+        "awsRegion": "us-east-1",
+    }
+
+
+def sqs_event(*bodies: str, receive_count: int = 1, source_arn: str = QUEUE_ARN) -> dict[str, Any]:
+    return {"Records": [sqs_record(b, receive_count=receive_count, source_arn=source_arn) for b in bodies]}
+
+
+def sns_envelope(message: str, sns_message_id: str | None = None) -> str:
+    """An SQS body as SNS writes it when raw message delivery is off."""
+    return json.dumps(
+        {
+            "Type": "Notification",
+            "MessageId": sns_message_id or str(uuid.uuid4()),
+            "TopicArn": TOPIC_ARN,
+            "Message": message,
+            "Timestamp": "2026-11-27T10:00:00.000Z",
+            "SignatureVersion": "1",
+            "Signature": "EXAMPLE",
+            "SigningCertURL": "https://sns.us-east-1.amazonaws.com/cert.pem",
+            "UnsubscribeURL": "https://sns.us-east-1.amazonaws.com/?Action=Unsubscribe",
+        }
+    )
+
+
+def eventbridge_event(detail: dict[str, Any]) -> str:
+    return json.dumps(
+        {
+            "version": "0",
+            "id": str(uuid.uuid4()),
+            "detail-type": "Communication Delivery Failed",
+            "source": "brand.communications",
+            "account": "123456789012",
+            "time": "2026-11-27T10:00:00Z",
+            "region": "us-east-1",
+            "resources": [],
+            "detail": detail,
+        }
+    )
+
+
+def sns_event(message: str) -> dict[str, Any]:
+    """SNS invoking the function directly."""
+    return {
+        "Records": [
+            {
+                "EventSource": "aws:sns",
+                "EventVersion": "1.0",
+                "EventSubscriptionArn": f"{TOPIC_ARN}:{uuid.uuid4()}",
+                "Sns": {
+                    "Type": "Notification",
+                    "MessageId": str(uuid.uuid4()),
+                    "TopicArn": TOPIC_ARN,
+                    "Subject": None,
+                    "Message": message,
+                    "Timestamp": "2026-11-27T10:00:00.000Z",
+                    "MessageAttributes": {},
+                },
+            }
+        ]
+    }
