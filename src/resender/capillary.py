@@ -160,6 +160,8 @@ class CapillaryClient:
                 json={"key": credentials.client_key, "secret": credentials.client_secret},
                 headers={"Accept": "application/json"},
                 timeout=self._timeout,
+                stream=True,  # read through _read_capped, like every answer
+                allow_redirects=False,
             )
             body = _json_or_none(_read_capped(response))
         except (requests.RequestException, HTTPError, OSError) as error:

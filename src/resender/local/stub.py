@@ -324,6 +324,12 @@ class CapillaryStub:
         with self._lock:
             return self._token_requests
 
+    @property
+    def issued_tokens(self) -> list[str]:
+        """Every OAuth token handed out, so tests can prove none of them is ever logged."""
+        with self._lock:
+            return list(self._tokens)
+
     def wait_for_resend_calls(self, count: int, timeout: float = 5.0) -> bool:
         """Block until at least ``count`` resend calls were recorded; False if ``timeout`` passed first.
 
