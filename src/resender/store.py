@@ -233,7 +233,7 @@ class OutcomeStore:
         if status in FINAL_STATUSES:
             return ClaimResult(ClaimState.SETTLED, status=status)
         lease_expires_at = float(item.get("leaseExpiresAt", 0))
-        if status is Status.IN_PROGRESS and lease_expires_at < now:
+        if status is Status.IN_PROGRESS and lease_expires_at <= now:
             return self._expire(message_id, str(item.get("claimToken", "")), now)
         return ClaimResult(ClaimState.IN_FLIGHT, status=status, lease_expires_at=lease_expires_at)
 

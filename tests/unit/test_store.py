@@ -1,0 +1,163 @@
+"""The outcomes table protocol, against moto's in-process DynamoDB."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import boto3
+import pytest
+from botocore.exceptions import ClientError
+from moto import mock_aws
+
+from resender.local.aws import create_outcomes_table, make_dynamodb_writes_atomic
+from resender.models import Status
+from resender.store import ClaimLostError, ClaimState, Outcome, OutcomeStore, StoreError
+
+TABLE = "outcomes"
+ID = 1746061653596
+TTL = 7 * 24 * 3600
+
+
+class Clock:
+    def __init__(self, now: float = 1_800_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def dynamodb() -> Iterator[object]:
+    make_dynamodb_writes_atomic()
+    with mock_aws():
+        client = boto3.client("dynamodb", region_name="us-east-1")
+        create_outcomes_table(client, TABLE)
+        yield client
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def store(dynamodb, clock) -> OutcomeStore:
+    return OutcomeStore(dynamodb, TABLE, ttl_seconds=TTL, clock=clock)
+
+
+def test_first_claim_creates_an_in_progress_item_with_a_lease(store, clock) -> None:
+    result = store.claim(ID, lease_seconds=90)
+
+    assert result.state is ClaimState.CLAIMED
+    item = store.get(ID)
+    assert item["status"] == "IN_PROGRESS"
+    assert item["attempts"] == 1
+    assert item["leaseExpiresAt"] >= clock.now + 90
+    assert item["claimToken"] == result.claim.token
+    assert item["expiresAt"] == int(clock.now) + TTL
+    assert item["createdAt"] == item["updatedAt"]
+
+
+def test_second_claim_while_the_first_is_live_is_in_flight(store) -> None:
+    store.claim(ID, lease_seconds=90)
+
+    again = store.claim(ID, lease_seconds=90)
+
+    assert again.state is ClaimState.IN_FLIGHT
+    assert again.claim is None
+    assert store.get(ID)["attempts"] == 1
+
+
+@pytest.mark.parametrize("status", [Status.RESENT, Status.NOT_FOUND, Status.REJECTED, Status.UNCERTAIN, Status.SKIPPED])
+def test_final_statuses_are_never_claimed_again(store, status) -> None:
+    claim = store.claim(ID, lease_seconds=90).claim
+    store.record(claim, Outcome(status))
+
+    again = store.claim(ID, lease_seconds=90)
+
+    assert (again.state, again.status) == (ClaimState.SETTLED, status)
+
+
+def test_retrying_items_can_be_claimed_again(store) -> None:
+    first = store.claim(ID, lease_seconds=90).claim
+    store.record(first, Outcome(Status.RETRYING, error_code=500, error_message="HTTP 500"))
+
+    second = store.claim(ID, lease_seconds=90)
+
+    assert second.state is ClaimState.CLAIMED
+    assert second.claim.attempts == 2
+    assert second.claim.token != first.token
+
+
+def test_expired_claim_becomes_uncertain_and_is_not_handed_out(store, clock) -> None:
+    store.claim(ID, lease_seconds=90)
+    clock.now += 91
+
+    result = store.claim(ID, lease_seconds=90)
+
+    assert (result.state, result.status) == (ClaimState.EXPIRED, Status.UNCERTAIN)
+    item = store.get(ID)
+    assert item["status"] == "UNCERTAIN"
+    assert "claimToken" not in item
+    assert store.claim(ID, lease_seconds=90).state is ClaimState.SETTLED
+
+
+def test_a_vanished_holder_cannot_overwrite_the_uncertain_verdict(store, clock) -> None:
+    stale = store.claim(ID, lease_seconds=90).claim
+    clock.now += 91
+    store.claim(ID, lease_seconds=90)
+
+    with pytest.raises(ClaimLostError):
+        store.record(stale, Outcome(Status.RESENT, resent_message_id=ID + 1))
+
+    assert store.get(ID)["status"] == "UNCERTAIN"
+
+
+def test_record_writes_the_outcome_and_clears_the_claim_and_stale_errors(store, clock) -> None:
+    first = store.claim(ID, lease_seconds=90).claim
+    store.record(first, Outcome(Status.RETRYING, error_code=502, error_message="bad gateway", http_status=502))
+    clock.now += 3600
+    second = store.claim(ID, lease_seconds=90).claim
+
+    store.record(second, Outcome(Status.RESENT, resent_message_id=ID + 7, org_id=100737, request_id="req-1"))
+
+    item = store.get(ID)
+    assert item["status"] == "RESENT"
+    assert (item["resentMessageId"], item["orgId"], item["requestId"]) == (ID + 7, 100737, "req-1")
+    assert not {"errorCode", "errorMessage", "httpStatus", "claimToken", "leaseExpiresAt"} & item.keys()
+    assert item["expiresAt"] == int(clock.now) + TTL  # counted from the last update
+    assert item["createdAt"] < item["updatedAt"]
+
+
+def test_a_resend_links_the_new_message_to_its_origin_in_the_same_request(store, dynamodb) -> None:
+    calls: list[str] = []
+    dynamodb.meta.events.register("before-call.dynamodb.*", lambda model, **_: calls.append(model.name))
+    claim = store.claim(ID, lease_seconds=90).claim
+
+    store.record(claim, Outcome(Status.RESENT, resent_message_id=ID + 1))
+
+    assert calls == ["UpdateItem", "TransactWriteItems"]
+    link = store.get(ID + 1)
+    assert (link["resendOf"], link["resendDepth"], link["rootMessageId"]) == (ID, 1, ID)
+    assert "status" not in link
+    relinked = store.claim(ID + 1, lease_seconds=90).claim
+    assert (relinked.depth, relinked.resend_of, relinked.root_message_id) == (1, ID, ID)
+
+
+def test_claim_failure_is_a_store_error_without_details(store, dynamodb) -> None:
+    def throttle(**_: object) -> None:
+        raise ClientError(
+            {"Error": {"Code": "ProvisionedThroughputExceededException", "Message": "slow down"}}, "UpdateItem"
+        )
+
+    dynamodb.meta.events.register("before-call.dynamodb.UpdateItem", throttle)
+
+    with pytest.raises(StoreError, match="ProvisionedThroughputExceededException"):
+        store.claim(ID, lease_seconds=90)
+
+
+def test_missing_table_is_a_store_error(dynamodb, clock) -> None:
+    store = OutcomeStore(dynamodb, "no-such-table", clock=clock)
+
+    with pytest.raises(StoreError):
+        store.claim(ID, lease_seconds=90)
