@@ -43,3 +43,9 @@ demo: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .aws-sam
+
+validate:
+	bash tools/validate.sh
+
+build:
+	bash tools/build.sh
