@@ -9,6 +9,7 @@ class.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import threading
@@ -50,10 +51,11 @@ Credentials = BasicCredentials | OAuthCredentials
 
 def parse_secret(text: str) -> Credentials:
     """Read one of the two secret shapes; errors name the field that is wrong."""
-    try:
-        document: Any = json.loads(text)
-    except ValueError:
-        raise SecretError("the Capillary secret is not a JSON object") from None
+    document: Any = None
+    # The error is raised below, outside this block: a decode error quotes the secret and must not ride
+    # along as the new exception's context.
+    with contextlib.suppress(ValueError, RecursionError):
+        document = json.loads(text)
     if not isinstance(document, dict):
         raise SecretError("the Capillary secret is not a JSON object")
     auth_type = document.get("authType")

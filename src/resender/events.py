@@ -169,7 +169,7 @@ def _sqs_delivery(record: Mapping[str, Any]) -> Delivery:
     receive_count = 1
     if isinstance(attributes, Mapping):
         raw_count = str(attributes.get("ApproximateReceiveCount", "1"))
-        receive_count = int(raw_count) if raw_count.isdigit() else 1
+        receive_count = int(raw_count) if raw_count.isascii() and raw_count.isdigit() else 1
     body = record.get("body")
     return Delivery(
         record_id=str(record.get("messageId", "")),

@@ -6,6 +6,7 @@ from here and nowhere else: an event can never redirect the credentials to anoth
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -76,6 +77,10 @@ def validate_base_url(url: str) -> str:
     host = (parts.hostname or "").lower()
     if not host:
         raise ConfigurationError("CAPILLARY_BASE_URL must be an absolute URL with a host")
+    try:
+        parts.port  # noqa: B018 - urlsplit checks the port only when it is read
+    except ValueError:
+        raise ConfigurationError("CAPILLARY_BASE_URL has an invalid port") from None
     if parts.scheme == "https" or (parts.scheme == "http" and host in LOOPBACK_HOSTS):
         if parts.query or parts.fragment or parts.username or parts.password:
             raise ConfigurationError("CAPILLARY_BASE_URL must not carry credentials, a query or a fragment")
@@ -100,6 +105,8 @@ def _number(env: Mapping[str, str], name: str, default: N, kind: type[N], minimu
         value = kind(raw)
     except ValueError:
         raise ConfigurationError(f"{name} must be a number, got {raw[:32]!r}") from None
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigurationError(f"{name} must be a finite number, got {raw[:32]!r}")
     if minimum is not None and value < minimum:
         raise ConfigurationError(f"{name} must be at least {minimum}")
     return value

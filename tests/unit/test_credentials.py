@@ -1,0 +1,555 @@
+"""The Capillary secret: both shapes, errors that never carry a value, and a cache that reads it once."""
+
+from __future__ import annotations
+
+import base64
+import json
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from types import CodeType, FrameType
+from typing import Any
+
+import boto3
+import pytest
+from botocore.exceptions import EndpointConnectionError
+from moto import mock_aws
+
+from resender.credentials import (
+    BasicCredentials,
+    CachedCredentials,
+    CredentialsProvider,
+    OAuthCredentials,
+    SecretError,
+    parse_secret,
+)
+
+# The worked example from Capillary's authentication docs: store.server / server123.
+DOC_USER = "store.server"
+DOC_PASSWORD = "server123"
+DOC_AUTHORIZATION = "Basic c3RvcmUuc2VydmVyOjhhMTZhNmI3MDUwNWViMWYxZmY3Y2RjMGNkNTU1OWE3"
+
+# Distinctive values: if one shows up in an error message, it leaked.
+PASSWORD = "pw-Zq81-VALUE-MUST-NOT-LEAK"
+CLIENT_KEY = "ck-4471-client-key-value"
+CLIENT_SECRET = "cs-9f0e-VALUE-MUST-NOT-LEAK"
+USERNAME = "user-5be2-username-value"
+SECRET_VALUES = (PASSWORD, CLIENT_KEY, CLIENT_SECRET)
+
+BASIC = {"authType": "basic", "username": USERNAME, "password": PASSWORD}
+OAUTH = {"authType": "oauth", "clientKey": CLIENT_KEY, "clientSecret": CLIENT_SECRET}
+SECRET_ID = "capillary/credentials"
+MAX_AGE = 300.0
+
+
+def assert_no_secret_in(error: BaseException, *values: str) -> None:
+    rendered = [str(error), repr(error), "".join(traceback.format_exception(error))]
+    for value in values or SECRET_VALUES:
+        for text in rendered:
+            assert value not in text
+
+
+def secret_error(text: str) -> SecretError:
+    with pytest.raises(SecretError) as caught:
+        parse_secret(text)
+    return caught.value
+
+
+# --- parse_secret ------------------------------------------------------------------------------------------
+
+
+def test_basic_secret() -> None:
+    credentials = parse_secret(json.dumps(BASIC))
+
+    assert credentials == BasicCredentials(username=USERNAME, password=PASSWORD)
+
+
+def test_oauth_secret() -> None:
+    credentials = parse_secret(json.dumps(OAUTH))
+
+    assert credentials == OAuthCredentials(client_key=CLIENT_KEY, client_secret=CLIENT_SECRET)
+
+
+def test_extra_fields_are_ignored() -> None:
+    credentials = parse_secret(json.dumps({**BASIC, "comment": "rotated 2026-11", "orgId": 50672}))
+
+    assert credentials == BasicCredentials(username=USERNAME, password=PASSWORD)
+
+
+@pytest.mark.parametrize(
+    ("document", "missing"),
+    [
+        ({"authType": "basic", "username": USERNAME}, "password"),
+        ({"authType": "basic", "password": PASSWORD}, "username"),
+        ({"authType": "basic", "username": USERNAME, "password": None}, "password"),
+        ({"authType": "oauth", "clientKey": CLIENT_KEY}, "clientSecret"),
+        ({"authType": "oauth", "clientSecret": CLIENT_SECRET}, "clientKey"),
+        ({"username": USERNAME, "password": PASSWORD}, "authType"),
+        ({"clientKey": CLIENT_KEY, "clientSecret": CLIENT_SECRET}, "authType"),
+        ({"authType": None, "clientKey": CLIENT_KEY, "clientSecret": CLIENT_SECRET}, "authType"),
+    ],
+)
+def test_missing_field_is_named_and_no_value_leaks(document: dict[str, Any], missing: str) -> None:
+    error = secret_error(json.dumps(document))
+
+    assert missing in str(error)
+    assert_no_secret_in(error, *SECRET_VALUES, USERNAME)
+
+
+@pytest.mark.parametrize(
+    ("document", "field_name"),
+    [
+        ({**BASIC, "password": ""}, "password"),
+        ({**BASIC, "password": 123456}, "password"),
+        ({**BASIC, "password": [PASSWORD]}, "password"),
+        ({**BASIC, "username": ""}, "username"),
+        ({**OAUTH, "clientSecret": {"value": CLIENT_SECRET}}, "clientSecret"),
+        ({**OAUTH, "clientKey": True}, "clientKey"),
+    ],
+)
+def test_wrong_field_type_is_named_and_no_value_leaks(document: dict[str, Any], field_name: str) -> None:
+    error = secret_error(json.dumps(document))
+
+    assert field_name in str(error)
+    assert_no_secret_in(error, *SECRET_VALUES, USERNAME)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "not json",
+        PASSWORD,
+        json.dumps(BASIC)[:-1],  # truncated: the decoder error would quote the document
+        "{'authType': 'basic', 'username': 'u', 'password': '" + PASSWORD + "'}",
+    ],
+    ids=["empty", "words", "bare-password", "truncated", "python-repr"],
+)
+def test_not_json_is_rejected_without_quoting_it(text: str) -> None:
+    error = secret_error(text)
+
+    assert "JSON" in str(error)
+    assert_no_secret_in(error)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["null", "42", json.dumps(PASSWORD), json.dumps([BASIC]), "true"],
+    ids=["null", "number", "string", "array", "bool"],
+)
+def test_not_an_object_is_rejected(text: str) -> None:
+    error = secret_error(text)
+
+    assert "object" in str(error)
+    assert_no_secret_in(error)
+
+
+@pytest.mark.parametrize("auth_type", ["bearer", "BASIC", "Basic", "", 1, ["basic"]])
+def test_unknown_auth_type_is_rejected(auth_type: object) -> None:
+    error = secret_error(json.dumps({**BASIC, **OAUTH, "authType": auth_type}))
+
+    assert "authType" in str(error)
+    assert_no_secret_in(error)
+
+
+def test_deeply_nested_secret_is_a_secret_error() -> None:
+    secret_error("[" * 100_000)
+
+
+def test_basic_header_matches_capillarys_worked_example() -> None:
+    credentials = BasicCredentials(username=DOC_USER, password=DOC_PASSWORD)
+
+    assert credentials.headers() == {"Authorization": DOC_AUTHORIZATION}
+
+
+def test_basic_header_never_carries_the_plain_password() -> None:
+    header = BasicCredentials(username=USERNAME, password=PASSWORD).headers()["Authorization"]
+    decoded = base64.b64decode(header.removeprefix("Basic ")).decode()
+
+    assert PASSWORD not in header
+    assert PASSWORD not in decoded
+    assert decoded.startswith(f"{USERNAME}:")
+    assert len(decoded.split(":", 1)[1]) == 32  # an md5 hex digest
+
+
+def test_reprs_hide_the_password_and_the_client_secret() -> None:
+    basic = BasicCredentials(username=USERNAME, password=PASSWORD)
+    oauth = OAuthCredentials(client_key=CLIENT_KEY, client_secret=CLIENT_SECRET)
+
+    for shown in (repr(basic), str(basic), repr(CachedCredentials(basic, 1))):
+        assert PASSWORD not in shown
+        assert USERNAME in shown
+    for shown in (repr(oauth), str(oauth), repr(CachedCredentials(oauth, 1))):
+        assert CLIENT_SECRET not in shown
+        assert CLIENT_KEY in shown
+
+
+# --- CredentialsProvider against moto's Secrets Manager -----------------------------------------------------
+
+
+@dataclass
+class FakeClock:
+    now: float = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@dataclass
+class CallCounter:
+    """Counts GetSecretValue calls, seen by botocore before they are sent."""
+
+    calls: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __call__(self, **_: Any) -> None:
+        with self.lock:
+            self.calls += 1
+
+
+@dataclass
+class Secrets:
+    client: Any
+    counter: CallCounter
+    clock: FakeClock
+
+    def create(self, value: dict[str, Any] | str, secret_id: str = SECRET_ID) -> None:
+        text = value if isinstance(value, str) else json.dumps(value)
+        self.client.create_secret(Name=secret_id, SecretString=text)
+
+    def put(self, value: dict[str, Any], secret_id: str = SECRET_ID) -> None:
+        self.client.put_secret_value(SecretId=secret_id, SecretString=json.dumps(value))
+
+    def provider(self, secret_id: str = SECRET_ID, max_age: float = MAX_AGE) -> CredentialsProvider:
+        return CredentialsProvider(self.client, secret_id, max_age_seconds=max_age, clock=self.clock)
+
+
+@pytest.fixture(scope="module")
+def moto_secretsmanager() -> Iterator[tuple[Any, Any]]:
+    """One mocked account and one client for the module: building a client costs more than a test."""
+    with mock_aws() as mock:
+        yield mock, boto3.client("secretsmanager", region_name="us-east-1")
+
+
+@pytest.fixture
+def secrets(moto_secretsmanager: tuple[Any, Any]) -> Iterator[Secrets]:
+    mock, client = moto_secretsmanager
+    mock.reset()  # no secret survives from one test to the next
+    counter = CallCounter()
+    event = "before-call.secrets-manager.GetSecretValue"
+    client.meta.events.register(event, counter, unique_id="test-counter")
+    yield Secrets(client, counter, FakeClock())
+    client.meta.events.unregister(event, unique_id="test-counter")
+
+
+def test_first_get_reads_the_secret(secrets: Secrets) -> None:
+    secrets.create(BASIC)
+
+    cached = secrets.provider().get()
+
+    assert cached.credentials == BasicCredentials(username=USERNAME, password=PASSWORD)
+    assert secrets.counter.calls == 1
+
+
+def test_oauth_secret_through_the_provider(secrets: Secrets) -> None:
+    secrets.create(OAUTH)
+
+    assert secrets.provider().get().credentials == OAuthCredentials(CLIENT_KEY, CLIENT_SECRET)
+
+
+def test_creating_a_provider_reads_nothing(secrets: Secrets) -> None:
+    secrets.create(BASIC)
+
+    secrets.provider()
+
+    assert secrets.counter.calls == 0
+
+
+def test_cached_within_max_age(secrets: Secrets) -> None:
+    secrets.create(BASIC)
+    provider = secrets.provider()
+
+    first = provider.get()
+    for _ in range(5):
+        secrets.clock.advance((MAX_AGE - 1) / 5)
+        assert provider.get() is first
+
+    assert secrets.counter.calls == 1
+
+
+def test_refreshed_after_max_age(secrets: Secrets) -> None:
+    secrets.create(BASIC)
+    provider = secrets.provider()
+    first = provider.get()
+
+    secrets.clock.advance(MAX_AGE + 0.001)
+    second = provider.get()
+
+    assert secrets.counter.calls == 2
+    assert second.generation > first.generation
+    # The new read starts a new max-age period.
+    secrets.clock.advance(MAX_AGE - 1)
+    assert provider.get() is second
+    assert secrets.counter.calls == 2
+
+
+def test_refresh_after_max_age_picks_up_rotation(secrets: Secrets) -> None:
+    secrets.create(BASIC)
+    provider = secrets.provider()
+    provider.get()
+
+    secrets.put({**BASIC, "password": "rotated-password"})
+    assert provider.get().credentials == BasicCredentials(USERNAME, PASSWORD)  # still cached
+    secrets.clock.advance(MAX_AGE + 0.001)
+
+    assert provider.get().credentials == BasicCredentials(USERNAME, "rotated-password")
+
+
+def test_zero_max_age_reads_every_time(secrets: Secrets) -> None:
+    secrets.create(BASIC)
+    provider = secrets.provider(max_age=0)
+
+    for _ in range(3):
+        provider.get()
+
+    assert secrets.counter.calls == 3
+
+
+def test_invalidate_forces_exactly_one_reread(secrets: Secrets) -> None:
+    secrets.create(BASIC)
+    provider = secrets.provider()
+    first = provider.get()
+
+    provider.invalidate(first.generation)
+    second = provider.get()
+    third = provider.get()
+
+    assert secrets.counter.calls == 2
+    assert second.generation != first.generation
+    assert third is second
+
+
+def test_stale_generation_does_not_invalidate_a_newer_one(secrets: Secrets) -> None:
+    secrets.create(BASIC)
+    provider = secrets.provider()
+    old = provider.get()
+    provider.invalidate(old.generation)
+    new = provider.get()
+    assert secrets.counter.calls == 2
+
+    provider.invalidate(old.generation)  # a late failure with the credentials of before
+
+    assert provider.get() is new
+    assert secrets.counter.calls == 2
+
+
+def test_invalidate_on_a_cold_provider_is_harmless(secrets: Secrets) -> None:
+    secrets.create(BASIC)
+    provider = secrets.provider()
+
+    provider.invalidate(0)
+    provider.invalidate(1)
+
+    assert secrets.counter.calls == 0
+    assert provider.get().credentials == BasicCredentials(USERNAME, PASSWORD)
+    assert secrets.counter.calls == 1
+
+
+def test_rotation_then_invalidate_returns_the_new_credentials(secrets: Secrets) -> None:
+    secrets.create(OAUTH)
+    provider = secrets.provider()
+    before = provider.get()
+
+    secrets.put({**OAUTH, "clientSecret": "cs-rotated"})
+    provider.invalidate(before.generation)
+    after = provider.get()
+
+    assert after.credentials == OAuthCredentials(CLIENT_KEY, "cs-rotated")
+    assert after.generation != before.generation
+    assert secrets.counter.calls == 2
+
+
+def test_missing_secret_is_a_secret_error(secrets: Secrets) -> None:
+    secrets.create(BASIC, secret_id="some/other/secret")
+    provider = secrets.provider(secret_id="capillary/does-not-exist")
+
+    with pytest.raises(SecretError) as caught:
+        provider.get()
+
+    assert "Secrets Manager" in str(caught.value)
+    assert_no_secret_in(caught.value, PASSWORD, USERNAME)
+
+
+def test_failed_read_is_not_cached(secrets: Secrets) -> None:
+    provider = secrets.provider()
+    with pytest.raises(SecretError):
+        provider.get()
+
+    secrets.create(BASIC)
+
+    assert provider.get().credentials == BasicCredentials(USERNAME, PASSWORD)
+    assert secrets.counter.calls == 2
+
+
+@pytest.mark.parametrize(
+    ("document", "field_name"),
+    [
+        ({"authType": "basic", "username": USERNAME, "clientSecret": CLIENT_SECRET}, "password"),
+        ({"authType": "oauth", "clientKey": CLIENT_KEY, "password": PASSWORD}, "clientSecret"),
+        ({"username": USERNAME, "password": PASSWORD, "clientSecret": CLIENT_SECRET}, "authType"),
+    ],
+)
+def test_malformed_secret_names_the_field(
+    secrets: Secrets, document: dict[str, Any], field_name: str
+) -> None:
+    secrets.create(document)
+
+    with pytest.raises(SecretError) as caught:
+        secrets.provider().get()
+
+    assert field_name in str(caught.value)
+    assert_no_secret_in(caught.value)
+
+
+def test_secret_that_is_not_json_leaks_nothing(secrets: Secrets) -> None:
+    secrets.create(f"password={PASSWORD}")
+
+    with pytest.raises(SecretError) as caught:
+        secrets.provider().get()
+
+    assert "JSON" in str(caught.value)
+    assert_no_secret_in(caught.value)
+
+
+def test_binary_secret_is_a_secret_error(secrets: Secrets) -> None:
+    secrets.client.create_secret(Name=SECRET_ID, SecretBinary=json.dumps(BASIC).encode())
+
+    with pytest.raises(SecretError, match="SecretString"):
+        secrets.provider().get()
+    assert secrets.counter.calls == 1
+
+
+def test_unreachable_secrets_manager_is_a_secret_error(secrets: Secrets) -> None:
+    secrets.create(BASIC)
+
+    def unreachable(**_: Any) -> None:
+        raise EndpointConnectionError(endpoint_url="https://secretsmanager.us-east-1.amazonaws.com")
+
+    event = "before-call.secrets-manager.GetSecretValue"
+    secrets.client.meta.events.register(event, unreachable, unique_id="test-unreachable")
+    try:
+        with pytest.raises(SecretError, match="EndpointConnectionError"):
+            secrets.provider().get()
+    finally:
+        secrets.client.meta.events.unregister(event, unique_id="test-unreachable")
+
+
+def test_malformed_rotation_keeps_failing_until_fixed(secrets: Secrets) -> None:
+    secrets.create(BASIC)
+    provider = secrets.provider()
+    good = provider.get()
+
+    secrets.put({"authType": "basic", "username": USERNAME})
+    provider.invalidate(good.generation)
+    with pytest.raises(SecretError, match="password"):
+        provider.get()
+
+    secrets.put({**BASIC, "password": "fixed-password"})
+    assert provider.get().credentials == BasicCredentials(USERNAME, "fixed-password")
+
+
+# --- threads -----------------------------------------------------------------------------------------------
+
+THREADS = 16
+
+
+class Crowd:
+    """THREADS threads released at the same instant by a barrier, each running ``target`` once."""
+
+    def __init__(self, target: Callable[[], Any]) -> None:
+        self._barrier = threading.Barrier(THREADS)
+        self._target = target
+        self.results: list[Any] = [None] * THREADS
+        self.errors: list[BaseException] = []
+        self.threads = [threading.Thread(target=self._work, args=(i,)) for i in range(THREADS)]
+
+    def _work(self, index: int) -> None:
+        try:
+            self._barrier.wait(timeout=10)
+            self.results[index] = self._target()
+        except BaseException as error:
+            self.errors.append(error)
+
+    def run(self) -> list[Any]:
+        for thread in self.threads:
+            thread.start()
+        for thread in self.threads:
+            thread.join(timeout=30)
+        assert not any(thread.is_alive() for thread in self.threads)
+        if self.errors:
+            raise self.errors[0]
+        return self.results
+
+    def wait_until_all_inside(self, code: CodeType, timeout: float = 10.0) -> None:
+        """Return once every other thread of the crowd is running ``code`` (or blocked in it), or has ended.
+
+        Called from inside the secret read, it holds that read open until the whole crowd has reached
+        ``get()``: with a lock they all wait for it; without one they would all read the secret too.
+        """
+        me = threading.get_ident()
+        others = {thread.ident for thread in self.threads} - {me}
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            frames = sys._current_frames()
+            if all(ident not in frames or _runs(frames[ident], code) for ident in others):
+                return
+
+
+def _runs(frame: FrameType | None, code: CodeType) -> bool:
+    while frame is not None:
+        if frame.f_code is code:
+            return True
+        frame = frame.f_back
+    return False
+
+
+def test_cold_provider_reads_once_for_many_threads(secrets: Secrets) -> None:
+    secrets.create(BASIC)
+    provider = secrets.provider()
+    crowd = Crowd(provider.get)
+
+    def hold_the_read_open(**_: Any) -> None:
+        crowd.wait_until_all_inside(CredentialsProvider.get.__code__)
+
+    event = "before-call.secrets-manager.GetSecretValue"
+    secrets.client.meta.events.register(event, hold_the_read_open, unique_id="test-hold")
+    try:
+        results = crowd.run()
+    finally:
+        secrets.client.meta.events.unregister(event, unique_id="test-hold")
+
+    assert secrets.counter.calls == 1
+    assert all(result is results[0] for result in results)
+
+
+def test_many_threads_invalidating_the_same_generation_cause_one_reread(secrets: Secrets) -> None:
+    secrets.create(BASIC)
+    provider = secrets.provider()
+    first = provider.get()
+    secrets.put({**BASIC, "password": "rotated-password"})
+
+    def fail_then_retry() -> CachedCredentials:
+        provider.invalidate(first.generation)
+        return provider.get()
+
+    results = Crowd(fail_then_retry).run()
+
+    assert secrets.counter.calls == 2
+    assert {result.generation for result in results} == {results[0].generation}
+    assert results[0].credentials == BasicCredentials(USERNAME, "rotated-password")
