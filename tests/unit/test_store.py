@@ -68,7 +68,9 @@ def test_second_claim_while_the_first_is_live_is_in_flight(store) -> None:
     assert store.get(ID)["attempts"] == 1
 
 
-@pytest.mark.parametrize("status", [Status.RESENT, Status.NOT_FOUND, Status.REJECTED, Status.UNCERTAIN, Status.SKIPPED])
+@pytest.mark.parametrize(
+    "status", [Status.RESENT, Status.NOT_FOUND, Status.REJECTED, Status.UNCERTAIN, Status.SKIPPED]
+)
 def test_final_statuses_are_never_claimed_again(store, status) -> None:
     claim = store.claim(ID, lease_seconds=90).claim
     store.record(claim, Outcome(status))
@@ -115,7 +117,9 @@ def test_a_vanished_holder_cannot_overwrite_the_uncertain_verdict(store, clock) 
 
 def test_record_writes_the_outcome_and_clears_the_claim_and_stale_errors(store, clock) -> None:
     first = store.claim(ID, lease_seconds=90).claim
-    store.record(first, Outcome(Status.RETRYING, error_code=502, error_message="bad gateway", http_status=502))
+    store.record(
+        first, Outcome(Status.RETRYING, error_code=502, error_message="bad gateway", http_status=502)
+    )
     clock.now += 3600
     second = store.claim(ID, lease_seconds=90).claim
 
@@ -147,7 +151,8 @@ def test_a_resend_links_the_new_message_to_its_origin_in_the_same_request(store,
 def test_claim_failure_is_a_store_error_without_details(store, dynamodb) -> None:
     def throttle(**_: object) -> None:
         raise ClientError(
-            {"Error": {"Code": "ProvisionedThroughputExceededException", "Message": "slow down"}}, "UpdateItem"
+            {"Error": {"Code": "ProvisionedThroughputExceededException", "Message": "slow down"}},
+            "UpdateItem",
         )
 
     dynamodb.meta.events.register("before-call.dynamodb.UpdateItem", throttle)
