@@ -9,6 +9,7 @@ every answer because Capillary reports "not found" (4223) with HTTP 200.
 from __future__ import annotations
 
 import json
+import ssl
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -18,6 +19,7 @@ from typing import Any, Final
 import requests
 from requests.adapters import HTTPAdapter
 from urllib3.exceptions import ConnectTimeoutError, HTTPError, MaxRetryError, NewConnectionError
+from urllib3.exceptions import SSLError as Urllib3SSLError
 from urllib3.util.retry import Retry
 
 from resender.credentials import (
@@ -177,7 +179,9 @@ class CapillaryClient:
             margin = min(TOKEN_RENEWAL_MARGIN_SECONDS, lifetime / 10)
             return _Token(access_token, self._clock() + lifetime - margin, generation)
         code = _first_code(errors)
-        if response.status_code in AUTH_STATUSES or (400 <= response.status_code < 500 and errors):
+        # Capillary reports bad client credentials in ``errors`` (320001); with a 2xx or 4xx status that is a
+        # refusal of these credentials, worth one re-read of the secret, not a passing failure.
+        if response.status_code in AUTH_STATUSES or (response.status_code < 500 and errors):
             raise TokenError(
                 f"OAuth token refused (HTTP {response.status_code}, code {code})",
                 auth_failed=True,
@@ -199,10 +203,14 @@ class CapillaryClient:
             content = _read_capped(response)
         except requests.ConnectTimeout:
             return ResendResult(Verdict.TRANSIENT, error_message="connect timeout: the request was not sent")
-        except requests.exceptions.SSLError:
-            return ResendResult(
-                Verdict.TRANSIENT, error_message="TLS handshake failed: the request was not sent"
-            )
+        except requests.exceptions.SSLError as error:
+            # requests raises SSLError for a refused handshake and for a TLS record that breaks while the
+            # answer is read, i.e. after the request went out: only the first is safe to retry.
+            if _tls_failed_before_sending(error):
+                return ResendResult(
+                    Verdict.TRANSIENT, error_message="TLS handshake failed: the request was not sent"
+                )
+            return self._uncertain("the TLS connection failed after the request was sent", started)
         except requests.ConnectionError as error:
             if _failed_before_sending(error):
                 return ResendResult(
@@ -256,6 +264,9 @@ class CapillaryClient:
         if status == 400 or REJECTED_CODE in codes:
             return result(Verdict.REJECTED, message or "HTTP 400", REJECTED_CODE)
         if errors or not 200 <= status < 300:
+            if isinstance(body, dict) and body.get("resentMessageId") is not None:
+                # An error beside a new message id: the resend may have happened, so it must not be retried.
+                return result(Verdict.UNCERTAIN, message or f"HTTP {status} with a resentMessageId")
             # An error Capillary did not document: it says the resend was not done, so a retry is safe.
             return result(Verdict.TRANSIENT, message or f"HTTP {status}", _first_code(errors) or status)
         resent = _int64(body.get("resentMessageId")) if isinstance(body, dict) else None
@@ -286,6 +297,29 @@ def _failed_before_sending(error: requests.ConnectionError) -> bool:
     if isinstance(cause, MaxRetryError):
         cause = cause.reason
     return isinstance(cause, NewConnectionError | ConnectTimeoutError)
+
+
+def _tls_failed_before_sending(error: requests.exceptions.SSLError) -> bool:
+    """True only for a TLS error raised by the handshake, which ends before any byte of the request is sent.
+
+    urllib3 wraps a refused certificate and an undecryptable record in the answer alike; only the original
+    ``ssl`` error tells them apart. Anything not recognised counts as sent (UNCERTAIN): the safe side.
+    """
+    cause: object = error.args[0] if error.args else None
+    if isinstance(cause, MaxRetryError):
+        cause = cause.reason
+    if isinstance(cause, Urllib3SSLError) and cause.args:
+        cause = cause.args[0]
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        return True
+    if not isinstance(cause, ssl.SSLError):
+        return False
+    frame = cause.__traceback__
+    while frame is not None:
+        if frame.tb_frame.f_code.co_name == "do_handshake":  # ssl.SSLSocket.do_handshake
+            return True
+        frame = frame.tb_next
+    return False
 
 
 def _json_or_none(content: bytes) -> Any:
