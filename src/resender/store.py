@@ -277,6 +277,135 @@ class OutcomeStore:
             raise StoreError(f"reading the outcome failed ({type(error).__name__})") from None
         return dict(response["Item"]) if "Item" in response else None
 
+    # -- operator access (the ``resender`` command) ---------------------------------------------------
+
+    def list_recent(
+        self,
+        status: Status,
+        *,
+        since: str | None = None,
+        until: str | None = None,
+        limit: int = 20,
+        page_token: Mapping[str, Any] | None = None,
+        index_name: str = "byStatus",
+    ) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+        """One page of outcomes with ``status`` from the ``byStatus`` index, newest ``updatedAt`` first.
+
+        ``since`` and ``until`` bound ``updatedAt`` inclusively; they compare as strings, which is time
+        order because every ``updatedAt`` is written in one format (UTC, milliseconds, ``Z``). The second
+        value returned is DynamoDB's key to pass back as ``page_token`` for the next page, or None.
+        """
+        condition = "#status = :status"
+        values: dict[str, Any] = {":status": {"S": status}}
+        if since is not None and until is not None:
+            condition += " AND updatedAt BETWEEN :since AND :until"
+            values[":since"], values[":until"] = {"S": since}, {"S": until}
+        elif since is not None:
+            condition += " AND updatedAt >= :since"
+            values[":since"] = {"S": since}
+        elif until is not None:
+            condition += " AND updatedAt <= :until"
+            values[":until"] = {"S": until}
+        request: dict[str, Any] = {
+            "TableName": self._table,
+            "IndexName": index_name,
+            "KeyConditionExpression": condition,
+            "ExpressionAttributeNames": {"#status": "status"},
+            "ExpressionAttributeValues": values,
+            "ScanIndexForward": False,
+            "Limit": max(1, limit),
+        }
+        if page_token:
+            request["ExclusiveStartKey"] = dict(page_token)
+        try:
+            response = self._client.query(**request)
+        except ClientError as error:
+            raise StoreError(f"listing outcomes failed ({_code(error)})") from None
+        except BotoCoreError as error:
+            raise StoreError(f"listing outcomes failed ({type(error).__name__})") from None
+        items = [_plain(item) for item in response.get("Items", [])]
+        last_key = response.get("LastEvaluatedKey")
+        return items, (dict(last_key) if last_key else None)
+
+    def force_claim(
+        self,
+        message_id: int,
+        lease_seconds: float,
+        *,
+        expected_status: Status,
+        forced_by: str,
+        expected_token: str | None = None,
+        expected_updated_at: str | None = None,
+        previous_resent_message_id: int | None = None,
+        reason: str | None = None,
+    ) -> Claim | None:
+        """Claim an item whose status the normal claim refuses, for an operator's deliberate resend.
+
+        The write is conditional on what the operator saw: the status, and when given the claim token and
+        ``updatedAt`` (so a settle-and-force by someone else in between does not pass for "unchanged").
+        Two operators forcing the same id at once cannot both win: the loser gets None and must not call
+        Capillary. ``forced``, ``forcedFrom``, ``forcedBy``, ``forcedAt`` and ``previousResentMessageId``
+        (the resend this one adds to) stay on the item after ``record`` settles it, because ``record``
+        removes only outcome attributes.
+        """
+        now = self._clock()
+        token = uuid.uuid4().hex
+        condition = "#status = :expected"
+        values: dict[str, Any] = {
+            ":claimed": {"S": Status.IN_PROGRESS},
+            ":expected": {"S": expected_status},
+            ":one": {"N": "1"},
+            ":zero": {"N": "0"},
+            ":token": {"S": token},
+            ":lease": {"N": str(int(now + lease_seconds) + 1)},
+            ":now": {"S": _iso(now)},
+            ":expires": {"N": str(int(now) + self._ttl)},
+            ":forced": {"BOOL": True},
+            ":by": {"S": forced_by},
+        }
+        if expected_token is not None:
+            condition += " AND claimToken = :stale"
+            values[":stale"] = {"S": expected_token}
+        if expected_updated_at is not None:
+            condition += " AND updatedAt = :seen"
+            values[":seen"] = {"S": expected_updated_at}
+        assignments = (
+            "SET #status = :claimed, attempts = if_not_exists(attempts, :zero) + :one, claimToken = :token, "
+            "leaseExpiresAt = :lease, createdAt = if_not_exists(createdAt, :now), updatedAt = :now, "
+            "expiresAt = :expires, forced = :forced, forcedFrom = :expected, forcedBy = :by, forcedAt = :now"
+        )
+        if reason:
+            assignments += ", forceReason = :reason"
+            values[":reason"] = {"S": reason}
+        if previous_resent_message_id is not None:
+            assignments += ", previousResentMessageId = :previous"
+            values[":previous"] = {"N": str(previous_resent_message_id)}
+        try:
+            response = self._client.update_item(
+                TableName=self._table,
+                Key=_key(message_id),
+                UpdateExpression=assignments,
+                ConditionExpression=condition,
+                ExpressionAttributeNames={"#status": "status"},
+                ExpressionAttributeValues=values,
+                ReturnValues="ALL_NEW",
+            )
+        except ClientError as error:
+            if _code(error) == "ConditionalCheckFailedException":
+                return None
+            raise StoreError(f"forcing a claim failed ({_code(error)})") from None
+        except BotoCoreError as error:
+            raise StoreError(f"forcing a claim failed ({type(error).__name__})") from None
+        item = _plain(response.get("Attributes", {}))
+        return Claim(
+            message_id=message_id,
+            token=token,
+            attempts=int(item.get("attempts", 1)),
+            depth=int(item.get("resendDepth", 0)),
+            resend_of=_optional_int(item.get("resendOf")),
+            root_message_id=int(item.get("rootMessageId", message_id)),
+        )
+
 
 def _key(message_id: int) -> dict[str, Any]:
     return {"messageId": {"N": str(message_id)}}

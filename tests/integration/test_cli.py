@@ -1,0 +1,890 @@
+"""The ``resender`` command against a moto server over real HTTP (and the Capillary stub where it calls out)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import boto3
+import botocore.loaders
+import botocore.session
+import pytest
+import requests
+from botocore.exceptions import EndpointConnectionError
+
+from resender import cli
+from resender.local.aws import LocalResources, MotoServer
+from resender.local.runner import DOCUMENTED_NOT_FOUND_ID
+from resender.local.stub import ORG_ID, Behaviour
+from resender.models import Status
+from resender.observability import logger as resender_logger
+from resender.operations import AwsTarget, parse_since
+from resender.queues import POISON_REASON_ATTRIBUTE
+from resender.store import OutcomeStore
+from tests.builders import failure, sqs_event
+
+EVENTS = Path(__file__).resolve().parents[2] / "events"
+ID = 1746061653596
+SUBCOMMANDS = ("status", "list", "invoke", "redrive", "resend", "demo")
+
+
+@dataclass(frozen=True)
+class Run:
+    code: int
+    out: str
+    err: str
+
+    def json(self) -> Any:
+        return json.loads(self.out)
+
+
+@pytest.fixture(autouse=True)
+def _models_parsed_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every boto3 session here shares one loader, so AWS's service models are parsed once, not per client.
+
+    Only speed: credentials, region and endpoint are still resolved per session.
+    """
+    loader = botocore.loaders.create_loader()
+
+    def shared(*_: Any) -> botocore.loaders.Loader:
+        loader.search_paths[:] = list(dict.fromkeys(loader.search_paths))
+        return loader
+
+    monkeypatch.setattr(botocore.session, "create_loader", shared)
+
+
+@pytest.fixture
+def fresh_moto(moto_server: MotoServer) -> Iterator[None]:
+    """An empty emulator before and after: ``--local`` and ``demo`` start a moto server in this process,
+    which shares moto's state with the tests' server."""
+    requests.post(f"{moto_server.endpoint_url}/moto-api/reset", timeout=10).raise_for_status()
+    yield
+    requests.post(f"{moto_server.endpoint_url}/moto-api/reset", timeout=10).raise_for_status()
+
+
+@pytest.fixture(autouse=True)
+def _keep_log_level() -> Iterator[None]:
+    # The command silences the function's logger for readable output; other tests rely on its level.
+    level = resender_logger.log_level
+    yield
+    resender_logger.setLevel(level)
+
+
+@pytest.fixture
+def run(capsys: pytest.CaptureFixture[str]) -> Callable[..., Run]:
+    def call(*argv: str) -> Run:
+        capsys.readouterr()
+        try:
+            code = cli.main(list(argv))
+        except SystemExit as stop:  # --help and usage errors end inside argparse
+            code = int(stop.code or 0)
+        captured = capsys.readouterr()
+        return Run(code, captured.out, captured.err)
+
+    return call
+
+
+def assert_one_line_error(result: Run, code: int) -> None:
+    assert result.code == code
+    lines = result.err.strip().splitlines()
+    assert len(lines) == 1, result.err
+    assert "Traceback" not in result.err
+    assert lines[0].startswith("resender")
+
+
+# -- helpers over the emulated AWS ---------------------------------------------------------------------
+
+
+def dynamodb(resources: LocalResources) -> Any:
+    return boto3.client("dynamodb", endpoint_url=resources.endpoint_url)
+
+
+def sqs(resources: LocalResources) -> Any:
+    return boto3.client("sqs", endpoint_url=resources.endpoint_url)
+
+
+def put_outcome(resources: LocalResources, message_id: int, **attributes: object) -> None:
+    item: dict[str, Any] = {"messageId": {"N": str(message_id)}}
+    for name, value in attributes.items():
+        if isinstance(value, bool):
+            item[name] = {"BOOL": value}
+        elif isinstance(value, int):
+            item[name] = {"N": str(value)}
+        else:
+            item[name] = {"S": str(value)}
+    dynamodb(resources).put_item(TableName=resources.table_name, Item=item)
+
+
+def read_item(resources: LocalResources, message_id: int) -> dict[str, Any]:
+    store = OutcomeStore(dynamodb(resources), resources.table_name)
+    item = store.get(message_id)
+    assert item is not None
+    return item
+
+
+def send(resources: LocalResources, queue_url: str, body: str, poison_reason: str | None = None) -> None:
+    attributes = {"channel": {"DataType": "String", "StringValue": "SMS"}}
+    if poison_reason:
+        attributes[POISON_REASON_ATTRIBUTE] = {"DataType": "String", "StringValue": poison_reason}
+    sqs(resources).send_message(QueueUrl=queue_url, MessageBody=body, MessageAttributes=attributes)
+
+
+def drain(resources: LocalResources, queue_url: str) -> list[dict[str, Any]]:
+    """Receive every visible message (each stays hidden for a minute, so none is returned twice)."""
+    client = sqs(resources)
+    messages: list[dict[str, Any]] = []
+    while True:
+        batch = client.receive_message(
+            QueueUrl=queue_url,
+            MaxNumberOfMessages=10,
+            MessageAttributeNames=["All"],
+            AttributeNames=["All"],
+            VisibilityTimeout=60,
+        ).get("Messages", [])
+        if not batch:
+            return messages
+        messages.extend(batch)
+
+
+def consume(resources: LocalResources, invoke: Callable[..., dict[str, Any]]) -> list[dict[str, Any]]:
+    """What Lambda's event source mapping does: hand the source queue's messages to the handler and
+    delete the ones it acknowledged. Returns the messages handed over."""
+    messages = drain(resources, resources.queue_url)
+    if not messages:
+        return []
+    records = [
+        {
+            "messageId": message["MessageId"],
+            "receiptHandle": message["ReceiptHandle"],
+            "body": message["Body"],
+            "attributes": message.get("Attributes", {}),
+            "messageAttributes": {},
+            "md5OfBody": message["MD5OfBody"],
+            "eventSource": "aws:sqs",
+            "eventSourceARN": resources.queue_arn,
+            "awsRegion": "us-east-1",
+        }
+        for message in messages
+    ]
+    response = invoke({"Records": records})
+    retried = {failure["itemIdentifier"] for failure in response["batchItemFailures"]}
+    client = sqs(resources)
+    for message in messages:
+        if message["MessageId"] not in retried:
+            client.delete_message(QueueUrl=resources.queue_url, ReceiptHandle=message["ReceiptHandle"])
+    return messages
+
+
+def message_id_of(message: dict[str, Any]) -> int:
+    return int(json.loads(message["Body"])["messageId"])
+
+
+# -- usage ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", SUBCOMMANDS)
+def test_every_subcommand_has_help(run, command) -> None:
+    result = run(command, "--help")
+
+    assert result.code == 0
+    assert result.out.startswith(f"usage: resender {command}")
+    assert result.err == ""
+
+
+def test_top_level_help_lists_every_subcommand(run) -> None:
+    result = run("--help")
+
+    assert result.code == 0
+    for command in SUBCOMMANDS:
+        assert command in result.out
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        pytest.param([], id="no-subcommand"),
+        pytest.param(["frobnicate"], id="unknown-subcommand"),
+        pytest.param(["status"], id="status-without-id"),
+        pytest.param(["status", "abc"], id="status-id-not-digits"),
+        pytest.param(["status", "0"], id="status-id-zero"),
+        pytest.param(["status", "9223372036854775808"], id="status-id-beyond-int64"),
+        pytest.param(["status", "1", "--bogus"], id="unknown-option"),
+        pytest.param(["list", "--since", "yesterday"], id="list-since-unparseable"),
+        pytest.param(["list", "--limit", "0"], id="list-limit-zero"),
+        pytest.param(["list", "--limit", "many"], id="list-limit-not-a-number"),
+        pytest.param(["list", "--status", "LOST"], id="list-unknown-status"),
+        pytest.param(["redrive", "--max", "0"], id="redrive-max-zero"),
+        pytest.param(["resend", "1.5"], id="resend-decimal-id"),
+        pytest.param(["invoke"], id="invoke-without-file"),
+    ],
+)
+def test_bad_arguments_exit_2_with_one_line(run, argv) -> None:
+    result = run(*argv)
+
+    assert_one_line_error(result, 2)
+    assert result.out == ""
+
+
+def test_missing_table_name_is_a_configuration_error(run, monkeypatch) -> None:
+    monkeypatch.delenv("OUTCOMES_TABLE", raising=False)
+
+    result = run("status", str(ID))
+
+    assert_one_line_error(result, 2)
+    assert "OUTCOMES_TABLE" in result.err
+
+
+def test_a_table_that_does_not_exist_is_one_line_not_a_traceback(run, local_aws) -> None:
+    result = run("status", str(ID), "--table", "no-such-table")
+
+    assert_one_line_error(result, 2)
+    assert "ResourceNotFoundException" in result.err
+
+
+def test_an_unknown_profile_is_a_configuration_error(run) -> None:
+    result = run("list", "--table", "outcomes", "--profile", "no-such-profile")
+
+    assert_one_line_error(result, 2)
+    assert "no-such-profile" in result.err
+
+
+def test_endpoint_option_wins_over_the_environment(run, local_aws, monkeypatch) -> None:
+    put_outcome(local_aws, ID, status="RESENT", attempts=1, updatedAt="2026-01-01T00:00:00.000Z")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens there
+
+    result = run("status", str(ID), "--table", local_aws.table_name, "--endpoint-url", local_aws.endpoint_url)
+
+    assert result.code == 0, result.err
+    assert "RESENT" in result.out
+
+
+def test_region_is_resolved_as_the_aws_cli_does(monkeypatch) -> None:
+    monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)
+    monkeypatch.setenv("AWS_REGION", "eu-west-1")
+    assert AwsTarget().sqs().meta.region_name == "eu-west-1"
+    assert AwsTarget(region="ap-south-1").sqs().meta.region_name == "ap-south-1"
+    monkeypatch.delenv("AWS_REGION")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-central-1")
+    assert AwsTarget().dynamodb().meta.region_name == "eu-central-1"
+
+
+# -- status --------------------------------------------------------------------------------------------
+
+
+def test_status_of_an_unknown_id_is_not_found(run, local_aws, monkeypatch) -> None:
+    monkeypatch.setenv("OUTCOMES_TABLE", local_aws.table_name)
+
+    result = run("status", str(ID))
+
+    assert_one_line_error(result, 1)
+    assert f"no outcome recorded for messageId {ID}" in result.err
+    assert result.out == ""
+
+
+def test_status_shows_the_outcome_and_the_chain_both_ways(run, invoke, stub) -> None:
+    invoke(sqs_event(failure(ID)))
+    resent = stub.resend_calls[0].resent_message_id
+    assert resent is not None
+
+    first = run("status", str(ID), "--json")
+
+    assert first.code == 0, first.err
+    document = first.json()
+    assert document["messageId"] == ID
+    assert document["status"] == "RESENT"
+    assert document["attempts"] == 1
+    assert document["resentMessageId"] == resent
+    assert document["orgId"] == ORG_ID
+    assert document["requestId"]
+    assert document["createdAt"] <= document["updatedAt"]
+    assert "claimToken" not in document
+    assert document["chain"]["resendOf"] is None
+    assert document["chain"]["descendants"] == [
+        {"messageId": resent, "status": None, "resendOf": ID, "resentMessageId": None}
+    ]
+
+    # The resend has no outcome of its own yet: only the link written with ID's outcome.
+    link_only = run("status", str(resent), "--json")
+    assert_one_line_error(link_only, 1)
+    assert f"but it is a resend of {ID}" in link_only.err
+    assert link_only.json() == {"messageId": resent, "status": None, "resendOf": ID}
+
+    # Then the resend fails too and is resent: the chain reads from either end.
+    invoke(sqs_event(failure(resent)))
+    second_resend = stub.resend_calls[1].resent_message_id
+    middle = run("status", str(resent), "--json").json()
+    assert middle["chain"]["resendOf"] == ID
+    assert middle["chain"]["rootMessageId"] == ID
+    assert middle["chain"]["depth"] == 1
+    assert [link["messageId"] for link in middle["chain"]["ancestors"]] == [ID]
+    assert [link["messageId"] for link in middle["chain"]["descendants"]] == [second_resend]
+
+    text = run("status", str(resent))
+    assert text.code == 0
+    assert f"{ID} (RESENT) -> [{resent} (RESENT)] -> {second_resend} (no outcome)" in text.out
+    assert f"resendOf         {ID}" in text.out
+
+
+def test_status_text_shows_the_error_of_a_not_found(run, invoke) -> None:
+    invoke(sqs_event(failure(DOCUMENTED_NOT_FOUND_ID)))
+
+    result = run("status", str(DOCUMENTED_NOT_FOUND_ID))
+
+    assert result.code == 0, result.err
+    lines = dict(line.split(None, 1) for line in result.out.splitlines())
+    assert lines["status"] == "NOT_FOUND"
+    assert lines["error"].startswith("4223: ")
+    assert lines["attempts"] == "1"
+
+
+# -- list ----------------------------------------------------------------------------------------------
+
+
+def seed_outcomes(resources: LocalResources) -> None:
+    put_outcome(resources, 1, status="RESENT", attempts=1, updatedAt="2026-01-01T00:00:01.000Z")
+    put_outcome(resources, 2, status="NOT_FOUND", attempts=1, updatedAt="2026-01-01T00:00:02.000Z")
+    put_outcome(resources, 3, status="RETRYING", attempts=2, updatedAt="2026-01-01T00:00:03.000Z")
+    put_outcome(resources, 4, status="UNCERTAIN", attempts=1, updatedAt="2026-01-01T00:00:04.000Z")
+    put_outcome(resources, 5, status="RESENT", attempts=1, updatedAt="2026-01-01T00:00:04.000Z")
+    put_outcome(resources, 6, status="SKIPPED", attempts=1, updatedAt="2026-01-01T00:00:05.000Z")
+    # A link item (a resend that has not failed) is not an outcome.
+    put_outcome(resources, 7, resendOf=5, resendDepth=1, rootMessageId=5, linkedAt="2026-01-01T00:00:06.000Z")
+
+
+def listed(result: Run) -> list[int]:
+    assert result.code == 0, result.err
+    return [item["messageId"] for item in result.json()["items"]]
+
+
+def test_list_is_newest_first_across_statuses_and_filters(run, local_aws) -> None:
+    seed_outcomes(local_aws)
+    table = ("--table", local_aws.table_name)
+
+    everything = run("list", *table, "--json")
+
+    assert listed(everything) == [6, 5, 4, 3, 2, 1]  # the tie at 00:00:04 goes to the higher messageId
+    assert everything.json()["nextPageToken"] is None
+    assert everything.json()["count"] == 6
+    assert listed(run("list", *table, "--status", "RESENT", "--json")) == [5, 1]
+    assert listed(run("list", *table, "--status", "uncertain", "--json")) == [4]
+    assert listed(run("list", *table, "--since", "2026-01-01T00:00:03Z", "--json")) == [6, 5, 4, 3]
+    assert listed(run("list", *table, "--since", "2026-01-01T01:00:03+01:00", "--json")) == [6, 5, 4, 3]
+
+
+def test_list_since_a_duration(run, local_aws) -> None:
+    put_outcome(local_aws, 1, status="RESENT", attempts=1, updatedAt=parse_since("3h"))
+    put_outcome(local_aws, 2, status="RESENT", attempts=1, updatedAt=parse_since("5m"))
+
+    assert listed(run("list", "--table", local_aws.table_name, "--since", "1h", "--json")) == [2]
+    assert listed(run("list", "--table", local_aws.table_name, "--since", "1d", "--json")) == [2, 1]
+
+
+def test_list_pages_through_everything_once(run, local_aws) -> None:
+    assert "0 outcome(s)" in run("list", "--table", local_aws.table_name).out  # an empty table is no error
+    seed_outcomes(local_aws)
+    pages: list[list[int]] = []
+    token: str | None = None
+    while True:
+        argv = ["list", "--table", local_aws.table_name, "--limit", "2", "--json"]
+        result = run(*argv, *(["--page-token", token] if token else []))
+        pages.append(listed(result))
+        token = result.json()["nextPageToken"]
+        if token is None:
+            break
+
+    assert pages == [[6, 5], [4, 3], [2, 1]]
+
+    # The table form prints the token at its foot.
+    result = run("list", "--table", local_aws.table_name, "--limit", "2")
+    assert result.code == 0, result.err
+    lines = result.out.splitlines()
+    assert lines[0].split() == ["updatedAt", "messageId", "status", "attempts", "resentMessageId", "error"]
+    assert lines[2].split()[:3] == ["2026-01-01T00:00:05.000Z", "6", "SKIPPED"]
+    assert "2 outcome(s)" in result.out
+    token = lines[-1].removeprefix("more: add --page-token ")
+    following = run("list", "--table", local_aws.table_name, "--limit", "2", "--page-token", token, "--json")
+    assert listed(following) == [4, 3]
+
+
+def test_list_pages_through_outcomes_that_share_a_timestamp(run, local_aws) -> None:
+    for message_id in range(100, 107):
+        put_outcome(local_aws, message_id, status="RESENT", attempts=1, updatedAt="2026-01-01T00:00:00.000Z")
+    seen: list[int] = []
+    token: str | None = None
+    for _ in range(10):
+        argv = ["list", "--table", local_aws.table_name, "--status", "RESENT", "--limit", "3", "--json"]
+        result = run(*argv, *(["--page-token", token] if token else []))
+        seen.extend(listed(result))
+        token = result.json()["nextPageToken"]
+        if token is None:
+            break
+
+    assert seen == list(range(106, 99, -1))
+
+
+def test_list_rejects_a_forged_page_token(run, local_aws) -> None:
+    result = run("list", "--table", local_aws.table_name, "--page-token", "not-a-token")
+
+    assert_one_line_error(result, 2)
+    assert "page token" in result.err
+
+
+# -- invoke --------------------------------------------------------------------------------------------
+
+
+def test_invoke_prints_the_batch_response_and_the_outcomes(run, function_env, stub, tmp_path) -> None:
+    event_file = tmp_path / "event.json"
+    event_file.write_text(json.dumps(sqs_event(failure(ID), "not json")))
+
+    result = run("invoke", str(event_file), "--json")
+
+    assert result.code == 0, result.err
+    (invocation,) = result.json()["invocations"]
+    assert invocation["eventFile"] == "event.json"
+    assert invocation["response"] == {"batchItemFailures": []}
+    assert invocation["error"] is None
+    resend, poison = invocation["outcomes"]
+    assert resend["messageId"] == ID
+    assert resend["status"] == "RESENT"
+    assert resend["resentMessageId"] == stub.resend_calls[0].resent_message_id
+    assert poison["status"] == "POISON"
+    assert "JSON" in poison["detail"] or "json" in poison["detail"]
+
+    text = run("invoke", str(event_file))
+    assert text.code == 0, text.err
+    assert 'event.json: {"batchItemFailures": []}' in text.out
+    assert f"event.json  {ID}" in text.out  # the replay is acknowledged: same outcome, no second resend
+    assert stub.resends_performed(ID) == 1
+
+
+def test_invoke_with_sam_env_vars_file(run, local_aws, stub, tmp_path, monkeypatch) -> None:
+    for name in ("OUTCOMES_TABLE", "CAPILLARY_SECRET_ID", "CAPILLARY_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    env_file = tmp_path / "env.json"
+    env_file.write_text(json.dumps({"ResenderFunction": local_aws.environment(stub.base_url)}))
+    event_file = tmp_path / "event.json"
+    event_file.write_text(json.dumps(sqs_event(failure(ID))))
+
+    result = run("invoke", str(event_file), "--env-vars", str(env_file), "--json")
+
+    assert result.code == 0, result.err
+    assert result.json()["invocations"][0]["outcomes"][0]["status"] == "RESENT"
+
+
+def test_invoke_without_configuration_is_a_configuration_error(run, tmp_path, monkeypatch) -> None:
+    monkeypatch.delenv("CAPILLARY_BASE_URL", raising=False)
+    event_file = tmp_path / "event.json"
+    event_file.write_text(json.dumps(sqs_event(failure(ID))))
+
+    result = run("invoke", str(event_file), "--table", "outcomes")
+
+    assert_one_line_error(result, 2)
+    assert "CAPILLARY" in result.err
+
+
+def test_invoke_of_a_missing_file_is_a_usage_error(run, tmp_path) -> None:
+    result = run("invoke", str(tmp_path / "absent.json"))
+
+    assert_one_line_error(result, 2)
+
+
+def test_invoke_local_starts_its_own_emulated_aws_and_stub(run, fresh_moto) -> None:
+    result = run(
+        "invoke", "--local", str(EVENTS / "sqs-plain.json"), str(EVENTS / "sqs-poison.json"), "--json"
+    )
+
+    assert result.code == 0, result.err
+    plain, poison = result.json()["invocations"]
+    assert plain["response"] == {"batchItemFailures": []}
+    assert {row["status"] for row in plain["outcomes"]} == {"RESENT"}
+    assert {row["status"] for row in poison["outcomes"]} == {"POISON"}
+
+
+def test_invoke_local_refuses_aws_options(run) -> None:
+    result = run("invoke", "--local", "--endpoint-url", "http://127.0.0.1:9", str(EVENTS / "sqs-plain.json"))
+
+    assert_one_line_error(result, 2)
+    assert "--endpoint-url" in result.err
+
+
+def test_demo_runs_every_sample_event(run, fresh_moto) -> None:
+    result = run("demo", "--events", str(EVENTS))
+
+    assert result.code == 0, result.err
+    assert "replaying every file caused 0 more" in result.out
+    for command in ("list", "status", "resend", "redrive"):
+        assert f"$ resender {command}" in result.out
+    assert "unexpected exit code" not in result.out
+
+
+# -- redrive -------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def queues_env(local_aws: LocalResources, monkeypatch: pytest.MonkeyPatch) -> LocalResources:
+    monkeypatch.setenv("SOURCE_QUEUE_URL", local_aws.queue_url)
+    monkeypatch.setenv("DEAD_LETTER_QUEUE_URL", local_aws.dead_letter_queue_url)
+    return local_aws
+
+
+def test_redrive_of_an_empty_dlq_moves_nothing(run, queues_env) -> None:
+    result = run("redrive")
+
+    assert result.code == 0, result.err
+    assert "empty" in result.out
+    as_json = run("redrive", "--json")
+    assert as_json.json()["moved"] == 0
+    assert as_json.json()["skippedPoison"] == 0
+
+
+def test_redrive_moves_failures_and_leaves_poison(run, queues_env) -> None:
+    resources = queues_env
+    bodies = [failure(ID + n) for n in range(3)]
+    for body in bodies:
+        send(resources, resources.dead_letter_queue_url, body)
+    send(resources, resources.dead_letter_queue_url, "not json", poison_reason="body is not JSON")
+
+    result = run("redrive", "--json")
+
+    assert result.code == 0, result.err
+    assert result.json()["moved"] == 3
+    assert result.json()["skippedPoison"] == 1
+    moved = drain(resources, resources.queue_url)
+    assert sorted(message["Body"] for message in moved) == sorted(bodies)
+    assert all(message["MessageAttributes"]["channel"]["StringValue"] == "SMS" for message in moved)
+    # The poison message is visible again at once, not after the command's visibility timeout.
+    (left,) = drain(resources, resources.dead_letter_queue_url)
+    assert left["Body"] == "not json"
+    assert left["MessageAttributes"][POISON_REASON_ATTRIBUTE]["StringValue"] == "body is not JSON"
+
+
+def test_redrive_dry_run_counts_and_moves_nothing(run, queues_env) -> None:
+    resources = queues_env
+    for n in range(4):
+        send(resources, resources.dead_letter_queue_url, failure(ID + n))
+    send(resources, resources.dead_letter_queue_url, "{}", poison_reason="messageId is missing")
+
+    result = run("redrive", "--dry-run")
+
+    assert result.code == 0, result.err
+    assert "Would move 4 message(s)" in result.out
+    assert "Skipped 1 poison" in result.out
+    assert drain(resources, resources.queue_url) == []
+    assert len(drain(resources, resources.dead_letter_queue_url)) == 5
+
+
+def test_redrive_max_bounds_the_moves(run, queues_env) -> None:
+    resources = queues_env
+    for n in range(5):
+        send(resources, resources.dead_letter_queue_url, failure(ID + n))
+
+    result = run("redrive", "--max", "2", "--json")
+
+    assert result.json()["moved"] == 2
+    assert len(drain(resources, resources.queue_url)) == 2
+    assert len(drain(resources, resources.dead_letter_queue_url)) == 3
+
+
+def test_redrive_include_poison_moves_it_with_its_reason(run, queues_env) -> None:
+    resources = queues_env
+    send(resources, resources.dead_letter_queue_url, '{"id": 5}', poison_reason="messageId is missing")
+
+    result = run("redrive", "--include-poison", "--json")
+
+    assert result.json()["moved"] == 1
+    assert result.json()["movedPoison"] == 1
+    (moved,) = drain(resources, resources.queue_url)
+    assert moved["Body"] == '{"id": 5}'
+    assert moved["MessageAttributes"][POISON_REASON_ATTRIBUTE]["StringValue"] == "messageId is missing"
+
+
+def test_redrive_finds_one_queue_from_the_other(run, local_aws, monkeypatch) -> None:
+    for name in ("SOURCE_QUEUE_URL", "DEAD_LETTER_QUEUE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    send(local_aws, local_aws.dead_letter_queue_url, failure(ID))
+    send(local_aws, local_aws.dead_letter_queue_url, failure(ID + 1))
+
+    from_dlq = run("redrive", "--dlq-url", local_aws.dead_letter_queue_url, "--max", "1", "--json")
+    from_source = run("redrive", "--queue-url", local_aws.queue_url, "--json")
+
+    assert from_dlq.json()["queueUrl"] == local_aws.queue_url
+    assert from_source.json()["deadLetterQueueUrl"] == local_aws.dead_letter_queue_url
+    assert from_dlq.json()["moved"] + from_source.json()["moved"] == 2
+
+
+def test_redrive_without_queues_is_a_configuration_error(run, monkeypatch) -> None:
+    for name in ("SOURCE_QUEUE_URL", "DEAD_LETTER_QUEUE_URL"):
+        monkeypatch.delenv(name, raising=False)
+
+    result = run("redrive")
+
+    assert_one_line_error(result, 2)
+    assert "--queue-url" in result.err
+
+
+def test_redrive_progress_bar_goes_to_stderr(run, queues_env) -> None:
+    for n in range(3):
+        send(queues_env, queues_env.dead_letter_queue_url, failure(ID + n))
+
+    result = run("redrive", "--progress")
+
+    assert result.code == 0
+    assert "\r[" in result.err
+    assert "3/3" in result.err
+    assert "moved 3" in result.err
+    assert "Moved 3 message(s)" in result.out
+
+
+def fail_the_nth(operation: str, n: int) -> Callable[[AwsTarget], Any]:
+    """AwsTarget.sqs, with the n-th call of ``operation`` failing as if the network dropped."""
+    original = AwsTarget.sqs
+    calls = {"count": 0}
+
+    def sqs_client(self: AwsTarget) -> Any:
+        client = original(self)
+
+        def maybe_fail(**_: Any) -> None:
+            calls["count"] += 1
+            if calls["count"] == n:
+                raise EndpointConnectionError(endpoint_url="http://sqs.emulated")
+
+        client.meta.events.register(f"before-call.sqs.{operation}", maybe_fail)
+        return client
+
+    return sqs_client
+
+
+@pytest.mark.parametrize(
+    ("operation", "duplicates"),
+    [
+        pytest.param("SendMessage", 0, id="before-sending-the-third"),
+        pytest.param("DeleteMessage", 1, id="after-sending-the-third"),
+    ],
+)
+def test_redrive_interrupted_halfway_loses_nothing_and_resends_nothing_twice(
+    run, function_env, local_aws, invoke, stub, monkeypatch, operation, duplicates
+) -> None:
+    monkeypatch.setenv("SOURCE_QUEUE_URL", local_aws.queue_url)
+    ids = [ID + n for n in range(6)]
+    for message_id in ids:
+        send(local_aws, local_aws.dead_letter_queue_url, failure(message_id))
+    send(local_aws, local_aws.dead_letter_queue_url, "not json", poison_reason="body is not JSON")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(AwsTarget, "sqs", fail_the_nth(operation, 3))
+        interrupted = run("redrive")
+
+    assert_one_line_error(interrupted, 2)
+    assert "rerun" in interrupted.err
+    # The function picks up what arrived before the interruption.
+    first = consume(local_aws, invoke)
+    assert len(first) == 2 + duplicates
+
+    finished = run("redrive", "--json")
+
+    assert finished.code == 0, finished.err
+    assert finished.json()["moved"] == len(ids) - 2
+    second = consume(local_aws, invoke)
+    delivered = [message_id_of(message) for message in first + second]
+    assert sorted(set(delivered)) == ids  # nothing lost
+    assert len(delivered) == len(ids) + duplicates  # at most the one sent-but-not-deleted copy
+    for message_id in ids:
+        assert stub.resends_performed(message_id) == 1  # a duplicate copy is acknowledged, not resent
+        item = read_item(local_aws, message_id)
+        assert item["status"] == "RESENT"
+        assert item["attempts"] == 1
+    (poison,) = drain(local_aws, local_aws.dead_letter_queue_url)
+    assert poison["Body"] == "not json"
+    assert drain(local_aws, local_aws.queue_url) == []
+
+
+# -- resend --------------------------------------------------------------------------------------------
+
+
+def test_resend_a_new_failure_goes_through_the_claim_protocol(run, function_env, stub, local_aws) -> None:
+    result = run("resend", str(ID), "--json")
+
+    assert result.code == 0, result.err
+    document = result.json()
+    assert document["status"] == "RESENT"
+    assert document["previousStatus"] is None
+    assert document["forced"] is False
+    assert document["resentMessageId"] == stub.resend_calls[0].resent_message_id
+    assert document["outcome"]["attempts"] == 1
+    assert stub.resends_performed(ID) == 1
+    assert read_item(local_aws, ID)["status"] == "RESENT"
+
+
+REFUSALS = {
+    ID: ({"status": "RESENT", "resentMessageId": 1748743190124}, "already resent"),
+    ID + 1: ({"status": "UNCERTAIN", "errorMessage": "read timeout"}, "UNCERTAIN"),
+    ID + 2: ({"status": "NOT_FOUND", "errorCode": 4223}, "settled as NOT_FOUND"),
+    ID + 3: ({"status": "REJECTED", "errorCode": 400}, "settled as REJECTED"),
+    ID + 4: ({"status": "SKIPPED", "errorMessage": "loop guard"}, "settled as SKIPPED"),
+    ID + 5: (
+        {"status": "IN_PROGRESS", "claimToken": "abc", "leaseExpiresAt": int(time.time()) + 600},
+        "right now",
+    ),
+}
+
+
+def test_resend_refuses_without_force(run, function_env, stub, local_aws) -> None:
+    for message_id, (attributes, _) in REFUSALS.items():
+        put_outcome(local_aws, message_id, attempts=1, updatedAt="2026-01-01T00:00:00.000Z", **attributes)
+
+    for message_id, (attributes, why) in REFUSALS.items():
+        result = run("resend", str(message_id))
+
+        assert_one_line_error(result, 2)
+        assert why in result.err
+        assert "--force" in result.err
+        assert read_item(local_aws, message_id)["status"] == attributes["status"]
+    assert stub.resend_calls == []
+
+
+def test_resend_force_on_uncertain_resends_once_and_records_it(run, function_env, stub, local_aws) -> None:
+    put_outcome(
+        local_aws,
+        ID,
+        status="UNCERTAIN",
+        attempts=1,
+        errorMessage="read timeout",
+        updatedAt="2026-01-01T00:00:00.000Z",
+    )
+
+    result = run(
+        "resend", str(ID), "--force", "--operator", "alice", "--reason", "checked member care", "--json"
+    )
+
+    assert result.code == 0, result.err
+    document = result.json()
+    assert document["previousStatus"] == "UNCERTAIN"
+    assert document["status"] == "RESENT"
+    assert document["forced"] is True
+    assert stub.resends_performed(ID) == 1
+    item = read_item(local_aws, ID)
+    assert item["status"] == "RESENT"
+    assert item["forced"] is True
+    assert item["forcedFrom"] == "UNCERTAIN"
+    assert item["forcedBy"] == "alice"
+    assert item["forceReason"] == "checked member care"
+    assert item["attempts"] == 2
+    assert "errorMessage" not in item
+    assert "claimToken" not in item
+    assert item["resentMessageId"] == document["resentMessageId"]
+    # The resend is linked like any other, so the loop guard still counts it.
+    assert read_item(local_aws, item["resentMessageId"])["resendOf"] == ID
+    shown = run("status", str(ID))
+    assert "from UNCERTAIN by alice" in shown.out
+
+    again = run("resend", str(ID))
+    assert_one_line_error(again, 2)
+    assert stub.resends_performed(ID) == 1
+
+
+def test_resend_force_on_resent_keeps_the_earlier_resend(run, function_env, stub, local_aws) -> None:
+    run("resend", str(ID))
+    earlier = stub.resend_calls[0].resent_message_id
+
+    result = run("resend", str(ID), "--force", "--operator", "bob", "--json")
+
+    assert result.code == 0, result.err
+    assert result.json()["previousStatus"] == "RESENT"
+    assert stub.resends_performed(ID) == 2  # asked for twice, the second time explicitly
+    item = read_item(local_aws, ID)
+    assert item["resentMessageId"] == stub.resend_calls[1].resent_message_id != earlier
+    assert item["previousResentMessageId"] == earlier
+    assert item["forcedFrom"] == "RESENT"
+    assert f"previously resent as  {earlier}" in run("status", str(ID)).out
+
+
+def test_a_forced_claim_is_conditional_on_what_the_operator_saw(local_aws) -> None:
+    put_outcome(local_aws, ID, status="UNCERTAIN", attempts=1, updatedAt="2026-01-01T00:00:00.000Z")
+    store = OutcomeStore(dynamodb(local_aws), local_aws.table_name)
+
+    first = store.force_claim(ID, 60, expected_status=Status.UNCERTAIN, forced_by="alice")
+    second = store.force_claim(ID, 60, expected_status=Status.UNCERTAIN, forced_by="bob")
+
+    assert first is not None
+    assert second is None
+    assert read_item(local_aws, ID)["forcedBy"] == "alice"
+
+    # Settled, forced and settled again by someone else: the status matches, the item is not the one seen.
+    put_outcome(local_aws, ID + 1, status="UNCERTAIN", attempts=2, updatedAt="2026-01-01T00:05:00.000Z")
+    changed = store.force_claim(
+        ID + 1,
+        60,
+        expected_status=Status.UNCERTAIN,
+        expected_updated_at="2026-01-01T00:00:00.000Z",
+        forced_by="bob",
+    )
+    assert changed is None
+    assert "forced" not in read_item(local_aws, ID + 1)
+
+
+def test_resend_of_a_stale_claim_follows_the_protocol_into_uncertain(
+    run, function_env, stub, local_aws
+) -> None:
+    put_outcome(
+        local_aws,
+        ID,
+        status="IN_PROGRESS",
+        attempts=1,
+        claimToken="vanished",
+        leaseExpiresAt=int(time.time()) - 5,
+        updatedAt="2026-01-01T00:00:00.000Z",
+    )
+
+    assert "(expired: the next delivery records UNCERTAIN)" in run("status", str(ID)).out
+
+    result = run("resend", str(ID))
+
+    assert result.code == 0, result.err
+    assert "IN_PROGRESS -> UNCERTAIN" in result.out
+    assert stub.resend_calls == []
+
+
+def test_resend_keeps_the_loop_guard_unless_forced(run, function_env, stub, local_aws) -> None:
+    # A link item two resends deep: MAX_RESEND_DEPTH (2) says this one is not resent.
+    put_outcome(
+        local_aws,
+        ID,
+        resendOf=ID - 1,
+        resendDepth=2,
+        rootMessageId=ID - 2,
+        linkedAt="2026-01-01T00:00:00.000Z",
+    )
+
+    skipped = run("resend", str(ID), "--json")
+    assert skipped.json()["status"] == "SKIPPED"
+    assert stub.resend_calls == []
+
+    forced = run("resend", str(ID), "--force", "--json")
+    assert forced.json()["status"] == "RESENT"
+    assert forced.json()["forced"] is True
+    assert stub.resends_performed(ID) == 1
+
+
+def test_resend_reports_what_capillary_answered(run, function_env, stub) -> None:
+    stub.script(ID, Behaviour.REJECTED)
+
+    result = run("resend", str(ID))
+
+    assert result.code == 0, result.err
+    assert "no outcome -> REJECTED" in result.out
+    assert stub.resends_performed(ID) == 0
+
+
+def test_resend_without_the_function_settings_is_a_configuration_error(run, monkeypatch) -> None:
+    monkeypatch.setenv("OUTCOMES_TABLE", "outcomes")
+    monkeypatch.delenv("CAPILLARY_BASE_URL", raising=False)
+    monkeypatch.setenv("CAPILLARY_SECRET_ID", "capillary/resender")
+
+    result = run("resend", str(ID))
+
+    assert_one_line_error(result, 2)
+    assert "CAPILLARY_BASE_URL" in result.err
