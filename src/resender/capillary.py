@@ -375,4 +375,6 @@ def _retry_after(value: str | None) -> float | None:
 def _clip(text: str | None, limit: int) -> str | None:
     if text is None:
         return None
+    # JSON can spell a lone surrogate (\ud800) that no UTF-8 store or log accepts: replace it before use.
+    text = text.encode("utf-8", errors="replace").decode("utf-8")
     return text if len(text) <= limit else text[: limit - 3] + "..."

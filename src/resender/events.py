@@ -228,4 +228,6 @@ def _json_type(value: object) -> str:
 
 
 def _excerpt(text: str, limit: int = 64) -> str:
+    # A reason travels to logs and SQS attributes, which accept only valid UTF-8: no lone surrogates.
+    text = text[: limit + 1].encode("utf-8", errors="replace").decode("utf-8")
     return text if len(text) <= limit else text[:limit] + "..."

@@ -138,23 +138,41 @@ class OutcomeStore:
             )
         except ClientError as error:
             if _code(error) != "ConditionalCheckFailedException":
+                self._release(message_id, token, now)
                 raise StoreError(f"claim failed ({_code(error)})") from None
             existing = cast("Mapping[str, Any] | None", error.response.get("Item")) or self._read(message_id)
-            return self._on_taken(message_id, existing, now)
+            return self._on_taken(message_id, token, existing, now)
         except BotoCoreError as error:
+            self._release(message_id, token, now)
             raise StoreError(f"claim failed ({type(error).__name__})") from None
-        item = _plain(response.get("Attributes", {}))
-        return ClaimResult(
-            ClaimState.CLAIMED,
-            Claim(
-                message_id=message_id,
-                token=token,
-                attempts=int(item.get("attempts", 1)),
-                depth=int(item.get("resendDepth", 0)),
-                resend_of=_optional_int(item.get("resendOf")),
-                root_message_id=int(item.get("rootMessageId", message_id)),
-            ),
-        )
+        return ClaimResult(ClaimState.CLAIMED, _claim_from(message_id, token, response.get("Attributes", {})))
+
+    def _release(self, message_id: int, token: str, now: float) -> None:
+        """Undo a claim whose answer was lost: it may have landed, and Capillary was not called.
+
+        Without this, the orphaned claim would block the message until its lease ran out and then be
+        recorded UNCERTAIN although nothing was ever sent. If the release fails too, that is what happens:
+        the safe side.
+        """
+        try:
+            self._client.update_item(
+                TableName=self._table,
+                Key=_key(message_id),
+                UpdateExpression=(
+                    "SET #status = :retrying, errorMessage = :why, updatedAt = :now "
+                    "REMOVE claimToken, leaseExpiresAt"
+                ),
+                ConditionExpression="claimToken = :token",
+                ExpressionAttributeNames={"#status": "status"},
+                ExpressionAttributeValues={
+                    ":retrying": {"S": Status.RETRYING},
+                    ":why": {"S": "claim released: the claim's answer was lost; Capillary was not called"},
+                    ":now": {"S": _iso(now)},
+                    ":token": {"S": token},
+                },
+            )
+        except (ClientError, BotoCoreError):
+            return  # the claim never landed (condition failed), or DynamoDB is still unreachable
 
     def record(self, claim: Claim, outcome: Outcome) -> None:
         """Settle our claim with ``outcome``; a resend also links the message it produced to this one."""
@@ -227,8 +245,13 @@ class OutcomeStore:
             }
         }
 
-    def _on_taken(self, message_id: int, existing: Mapping[str, Any] | None, now: float) -> ClaimResult:
+    def _on_taken(
+        self, message_id: int, token: str, existing: Mapping[str, Any] | None, now: float
+    ) -> ClaimResult:
         item = _plain(existing or {})
+        if item.get("claimToken") == token:
+            # The SDK retried a claim whose first answer was lost: the claim that "failed" is our own.
+            return ClaimResult(ClaimState.CLAIMED, _claim_from(message_id, token, existing or {}))
         status = _status(item.get("status"))
         if status in FINAL_STATUSES:
             return ClaimResult(ClaimState.SETTLED, status=status)
@@ -405,6 +428,18 @@ class OutcomeStore:
             resend_of=_optional_int(item.get("resendOf")),
             root_message_id=int(item.get("rootMessageId", message_id)),
         )
+
+
+def _claim_from(message_id: int, token: str, typed_item: Mapping[str, Any]) -> Claim:
+    item = _plain(typed_item)
+    return Claim(
+        message_id=message_id,
+        token=token,
+        attempts=int(item.get("attempts", 1)),
+        depth=int(item.get("resendDepth", 0)),
+        resend_of=_optional_int(item.get("resendOf")),
+        root_message_id=int(item.get("rootMessageId", message_id)),
+    )
 
 
 def _key(message_id: int) -> dict[str, Any]:
