@@ -1,0 +1,1 @@
+"""The textbook Powertools implementation the resender is measured against."""
