@@ -228,6 +228,12 @@ def _json_type(value: object) -> str:
 
 
 def _excerpt(text: str, limit: int = 64) -> str:
-    # A reason travels to logs and SQS attributes, which accept only valid UTF-8: no lone surrogates.
-    text = text[: limit + 1].encode("utf-8", errors="replace").decode("utf-8")
-    return text if len(text) <= limit else text[:limit] + "..."
+    # A reason travels to logs and SQS message attributes; SQS refuses control characters, lone surrogates
+    # and U+FFFE/U+FFFF, so a hostile body must not be able to put them there.
+    clipped = "".join(char if _sqs_safe(char) else "?" for char in text[: limit + 1])
+    return clipped if len(clipped) <= limit else clipped[:limit] + "..."
+
+
+def _sqs_safe(char: str) -> bool:
+    code = ord(char)
+    return (0x20 <= code <= 0xD7FF) or (0xE000 <= code <= 0xFFFD) or code >= 0x10000

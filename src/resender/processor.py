@@ -7,6 +7,7 @@ one of them reaches the store.
 
 from __future__ import annotations
 
+import math
 import random
 import threading
 import time
@@ -289,7 +290,7 @@ class Resender:
             settings.retry_cap_seconds, settings.retry_base_seconds * 2 ** min(receive_count - 1, 20)
         )
         jittered = self._rng.uniform(0, ceiling)
-        return int(max(jittered, floor_seconds) + 0.999)
+        return math.ceil(max(jittered, floor_seconds))
 
     def _log(self, report: RecordReport) -> None:
         fields: dict[str, object] = {"status": report.status, "retry": report.retry, "reason": report.reason}

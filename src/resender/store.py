@@ -179,15 +179,21 @@ class OutcomeStore:
         update = self._settle_update(claim, outcome)
         try:
             if outcome.resent_message_id is None:
-                self._client.update_item(**update)
+                self._client.update_item(**update, ReturnValuesOnConditionCheckFailure="ALL_OLD")
             else:
+                settle = {**update, "ReturnValuesOnConditionCheckFailure": "ALL_OLD"}
                 self._client.transact_write_items(
                     TransactItems=[
-                        cast("TransactWriteItemTypeDef", {"Update": update}),
+                        cast("TransactWriteItemTypeDef", {"Update": settle}),
                         self._link(claim, outcome.resent_message_id),
-                    ]
+                    ],
+                    # The claim token is used by this settle alone: an SDK retry of a transaction that was
+                    # applied but whose answer was lost is then answered as a success, not a failed condition.
+                    ClientRequestToken=claim.token,
                 )
         except ClientError as error:
+            if _already_recorded(error, outcome):
+                return
             if _lost_claim(error):
                 raise ClaimLostError("the claim was settled by another delivery") from None
             raise StoreError(f"recording the outcome failed ({_code(error)})") from None
@@ -484,6 +490,27 @@ def _optional_int(value: object) -> int | None:
 
 def _code(error: ClientError) -> str:
     return str(error.response.get("Error", {}).get("Code", "Unknown"))
+
+
+def _already_recorded(error: ClientError, outcome: Outcome) -> bool:
+    """Did an earlier attempt of this very settle land, with only its answer lost?"""
+    if _code(error) == "IdempotentParameterMismatchException":
+        # Only an earlier record() of the same claim can have used its token: that transaction was applied.
+        return True
+    if _code(error) == "ConditionalCheckFailedException":
+        found: object = error.response.get("Item")
+    elif _code(error) == "TransactionCanceledException":
+        reasons = error.response.get("CancellationReasons") or [{}]
+        found = reasons[0].get("Item")
+    else:
+        return False
+    item = _plain(cast("Mapping[str, Any]", found or {}))
+    return (
+        "claimToken" not in item
+        and item.get("status") == outcome.status
+        and item.get("errorMessage") == outcome.error_message
+        and item.get("resentMessageId") == outcome.resent_message_id
+    )
 
 
 def _lost_claim(error: ClientError) -> bool:

@@ -166,3 +166,29 @@ def test_missing_table_is_a_store_error(dynamodb, clock) -> None:
 
     with pytest.raises(StoreError):
         store.claim(ID, lease_seconds=90)
+
+
+@pytest.mark.parametrize(
+    "outcome",
+    [
+        Outcome(Status.RESENT, resent_message_id=ID + 1, org_id=100737),
+        Outcome(Status.NOT_FOUND, error_code=4223, error_message="Message not found"),
+    ],
+    ids=["resent-transaction", "not-found-update"],
+)
+def test_repeating_a_settle_whose_answer_was_lost_is_a_success(store, clock, outcome) -> None:
+    claim = store.claim(ID, lease_seconds=90).claim
+    store.record(claim, outcome)
+    clock.now += 1  # the repeat is a new request, not a byte-identical SDK retry
+
+    store.record(claim, outcome)
+
+    assert store.get(ID)["status"] == outcome.status
+
+
+def test_a_different_outcome_on_a_settled_claim_is_still_a_lost_claim(store) -> None:
+    claim = store.claim(ID, lease_seconds=90).claim
+    store.record(claim, Outcome(Status.RETRYING, error_message="HTTP 500"))
+
+    with pytest.raises(ClaimLostError):
+        store.record(claim, Outcome(Status.RESENT, resent_message_id=ID + 1))
