@@ -49,3 +49,9 @@ validate:
 
 build:
 	bash tools/build.sh
+
+fuzz: $(STAMP)
+	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-10000} $(BIN)/python -m pytest tests/unit/test_fuzz.py -q -p no:cacheprovider --hypothesis-show-statistics
+
+bench: $(STAMP)
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
