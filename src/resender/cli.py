@@ -388,8 +388,9 @@ def _list_command(args: argparse.Namespace) -> int:
 
 
 def _invoke_command(args: argparse.Namespace) -> int:
+    from resender.local.aws import patched_environ
     from resender.local.runner import load_event
-    from resender.operations import AwsTarget, OperatorError, environment, load_env_vars
+    from resender.operations import AwsTarget, OperatorError, load_env_vars
 
     _quiet(args.verbose)
     events = [(path.name, load_event(path)) for path in args.event_files]
@@ -408,7 +409,7 @@ def _invoke_command(args: argparse.Namespace) -> int:
     overrides.update(target.environment())
     if args.table:
         overrides["OUTCOMES_TABLE"] = args.table
-    with environment(overrides):
+    with patched_environ(overrides):
         return _invocations(events, target, as_json=args.json)
 
 

@@ -18,7 +18,6 @@ import re
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -30,7 +29,8 @@ import botocore.session
 from botocore.exceptions import BotoCoreError, ClientError
 
 from resender.events import Delivery, MessageIdParser, Notice, parse_event
-from resender.models import FINAL_STATUSES, ResendResult, Status
+from resender.local.aws import patched_environ
+from resender.models import FINAL_STATUSES, Status
 from resender.queues import POISON_REASON_ATTRIBUTE
 from resender.store import Claim, ClaimLostError, Outcome, OutcomeStore, StoreError
 
@@ -147,21 +147,6 @@ class AwsTarget:
 @functools.cache
 def _shared_loader() -> botocore.loaders.Loader:
     return botocore.loaders.create_loader()
-
-
-@contextmanager
-def environment(values: Mapping[str, str]) -> Iterator[None]:
-    """Set environment variables for the duration of the block, then restore them."""
-    saved = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 def resolve(value: str | None, env_name: str) -> str | None:
@@ -802,7 +787,7 @@ def _forced(
     )
     # The loop guard is not applied: forcing a SKIPPED message is how an operator overrides it.
     result = capillary.resend(message_id)
-    outcome = _outcome(result)
+    outcome = Outcome.from_result(result)
     try:
         _record(store, claim, outcome)
     except ClaimLostError:
@@ -847,18 +832,6 @@ def _record(store: OutcomeStore, claim: Claim, outcome: Outcome, attempts: int =
             time.sleep(0.1 * 2**attempt)
 
 
-def _outcome(result: ResendResult) -> Outcome:
-    return Outcome(
-        status=result.status,
-        resent_message_id=result.resent_message_id,
-        org_id=result.org_id,
-        request_id=result.request_id,
-        error_code=result.error_code,
-        error_message=result.error_message,
-        http_status=result.http_status,
-    )
-
-
 def _settings_environment(table: str | None) -> dict[str, str]:
     """The function's environment with the command's table option applied."""
     values = dict(os.environ)
@@ -874,5 +847,5 @@ def build_operator_container(table: str | None, target: AwsTarget) -> Container:
 
     # The id is put in the body by this command, at the default place, whatever the feed uses.
     settings = replace(Settings.from_env(_settings_environment(table)), message_id_path="messageId")
-    with environment(target.environment()):
+    with patched_environ(target.environment()):
         return build_container(settings)

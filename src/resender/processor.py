@@ -197,7 +197,7 @@ class Resender:
             report.metrics.append(Metric(MetricName.RESEND_LATENCY, result.latency_ms, "Milliseconds"))
         report.min_delay_seconds = result.retry_after_seconds or 0.0
         report.resent_message_id = result.resent_message_id
-        return self._settle(report, claim, _outcome(result), _describe(result))
+        return self._settle(report, claim, Outcome.from_result(result), _describe(result))
 
     def _settle(self, report: RecordReport, claim: Claim, outcome: Outcome, reason: str) -> RecordReport:
         report.status = outcome.status
@@ -308,18 +308,6 @@ def _retry(report: RecordReport, reason: str, *, count: bool = True) -> RecordRe
     if count:
         report.metrics.append(Metric(MetricName.RETRYING))
     return report
-
-
-def _outcome(result: ResendResult) -> Outcome:
-    return Outcome(
-        status=result.status,
-        resent_message_id=result.resent_message_id,
-        org_id=result.org_id,
-        request_id=result.request_id,
-        error_code=result.error_code,
-        error_message=result.error_message,
-        http_status=result.http_status,
-    )
 
 
 def _describe(result: ResendResult) -> str:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Final, cast
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from resender.models import FINAL_STATUSES, Status
+from resender.models import FINAL_STATUSES, ResendResult, Status
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -82,6 +82,19 @@ class Outcome:
     error_code: int | None = None
     error_message: str | None = None
     http_status: int | None = None
+
+    @classmethod
+    def from_result(cls, result: ResendResult) -> Outcome:
+        """The outcome Capillary's answer leads to."""
+        return cls(
+            status=result.status,
+            resent_message_id=result.resent_message_id,
+            org_id=result.org_id,
+            request_id=result.request_id,
+            error_code=result.error_code,
+            error_message=result.error_message,
+            http_status=result.http_status,
+        )
 
     def attributes(self) -> dict[str, Any]:
         values = {
