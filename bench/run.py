@@ -233,19 +233,14 @@ def throughput(handler: Handler, ids: IdAllocator, runs: int, srv: Servers) -> T
 def resender_container(**settings: str) -> Iterator[None]:
     """A new resender container with ``settings`` in its environment; the old environment afterwards."""
     from resender import app
+    from resender.local.aws import patched_environ
 
-    saved = {name: os.environ.get(name) for name in settings}
-    os.environ.update(settings)
-    app.reset_container()  # the next invocation builds a container from this environment: a cold one
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-        app.reset_container()
+    with patched_environ(settings):
+        app.reset_container()  # the next invocation builds a container from this environment: a cold one
+        try:
+            yield
+        finally:
+            app.reset_container()
 
 
 @dataclass

@@ -167,25 +167,32 @@ class OutcomeStore:
         recorded UNCERTAIN although nothing was ever sent. If the release fails too, that is what happens:
         the safe side.
         """
+        why = "claim released: the claim's answer was lost; Capillary was not called"
         try:
-            self._client.update_item(
-                TableName=self._table,
-                Key=_key(message_id),
-                UpdateExpression=(
-                    "SET #status = :retrying, errorMessage = :why, updatedAt = :now "
-                    "REMOVE claimToken, leaseExpiresAt"
-                ),
-                ConditionExpression="claimToken = :token",
-                ExpressionAttributeNames={"#status": "status"},
-                ExpressionAttributeValues={
-                    ":retrying": {"S": Status.RETRYING},
-                    ":why": {"S": "claim released: the claim's answer was lost; Capillary was not called"},
-                    ":now": {"S": _iso(now)},
-                    ":token": {"S": token},
-                },
-            )
+            self._close_claim(message_id, token, Status.RETRYING, why, now)
         except (ClientError, BotoCoreError):
             return  # the claim never landed (condition failed), or DynamoDB is still unreachable
+
+    def _close_claim(self, message_id: int, token: str, status: Status, why: str, now: float) -> None:
+        """Move the claim holding ``token`` to ``status`` without an answer from Capillary."""
+        self._client.update_item(
+            TableName=self._table,
+            Key=_key(message_id),
+            UpdateExpression=(
+                "SET #status = :status, errorMessage = :why, updatedAt = :now, expiresAt = :expires "
+                "REMOVE claimToken, leaseExpiresAt"
+            ),
+            ConditionExpression="#status = :claimed AND claimToken = :token",
+            ExpressionAttributeNames={"#status": "status"},
+            ExpressionAttributeValues={
+                ":status": {"S": status},
+                ":claimed": {"S": Status.IN_PROGRESS},
+                ":token": {"S": token},
+                ":why": {"S": why},
+                ":now": {"S": _iso(now)},
+                ":expires": {"N": str(int(now) + self._ttl)},
+            },
+        )
 
     def record(self, claim: Claim, outcome: Outcome) -> None:
         """Settle our claim with ``outcome``; a resend also links the message it produced to this one."""
@@ -280,28 +287,12 @@ class OutcomeStore:
         return ClaimResult(ClaimState.IN_FLIGHT, status=status, lease_expires_at=lease_expires_at)
 
     def _expire(self, message_id: int, stale_token: str, now: float) -> ClaimResult:
+        why = (
+            "claim expired: its holder stopped before recording an outcome, "
+            "so Capillary may already have resent it"
+        )
         try:
-            self._client.update_item(
-                TableName=self._table,
-                Key=_key(message_id),
-                UpdateExpression=(
-                    "SET #status = :uncertain, errorMessage = :why, updatedAt = :now, expiresAt = :expires "
-                    "REMOVE claimToken, leaseExpiresAt"
-                ),
-                ConditionExpression="#status = :claimed AND claimToken = :stale",
-                ExpressionAttributeNames={"#status": "status"},
-                ExpressionAttributeValues={
-                    ":uncertain": {"S": Status.UNCERTAIN},
-                    ":claimed": {"S": Status.IN_PROGRESS},
-                    ":stale": {"S": stale_token},
-                    ":why": {
-                        "S": "claim expired: its holder stopped before recording an outcome, "
-                        "so Capillary may already have resent it"
-                    },
-                    ":now": {"S": _iso(now)},
-                    ":expires": {"N": str(int(now) + self._ttl)},
-                },
-            )
+            self._close_claim(message_id, stale_token, Status.UNCERTAIN, why, now)
         except ClientError as error:
             if _code(error) == "ConditionalCheckFailedException":
                 return ClaimResult(ClaimState.IN_FLIGHT)  # someone else settled it just now: look again later
