@@ -429,15 +429,7 @@ class OutcomeStore:
             raise StoreError(f"forcing a claim failed ({_code(error)})") from None
         except BotoCoreError as error:
             raise StoreError(f"forcing a claim failed ({type(error).__name__})") from None
-        item = _plain(response.get("Attributes", {}))
-        return Claim(
-            message_id=message_id,
-            token=token,
-            attempts=int(item.get("attempts", 1)),
-            depth=int(item.get("resendDepth", 0)),
-            resend_of=_optional_int(item.get("resendOf")),
-            root_message_id=int(item.get("rootMessageId", message_id)),
-        )
+        return _claim_from(message_id, token, response.get("Attributes", {}))
 
 
 def _claim_from(message_id: int, token: str, typed_item: Mapping[str, Any]) -> Claim:

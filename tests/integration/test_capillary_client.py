@@ -8,9 +8,7 @@ Capillary is never sent a second time.
 
 from __future__ import annotations
 
-import datetime
 import hashlib
-import ipaddress
 import json
 import os
 import socket
@@ -20,7 +18,6 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 import boto3
@@ -49,6 +46,7 @@ from resender.local.aws import LocalResources
 from resender.local.stub import ORG_ID, Behaviour, CapillaryStub
 from resender.models import ResendResult, Status, Verdict
 from resender.settings import ConfigurationError
+from tests.tls import Tls, self_signed_tls
 
 pytestmark = pytest.mark.integration
 
@@ -266,48 +264,10 @@ def own_server() -> Iterator[Callable[..., OwnServer]]:
         server.stop()
 
 
-@dataclass(frozen=True)
-class Tls:
-    context: ssl.SSLContext  # for the server
-    cert_file: Path  # a CA bundle the client may be given; by default nobody trusts it
-
-
 @pytest.fixture(scope="module")
 def self_signed(tmp_path_factory: pytest.TempPathFactory) -> Tls:
     """A server TLS context with a self-signed certificate for 127.0.0.1."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
-        .sign(key, hashes.SHA256())
-    )
-    directory: Path = tmp_path_factory.mktemp("tls")
-    cert_file, key_file = directory / "cert.pem", directory / "key.pem"
-    cert_file.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(cert_file, key_file)
-    return Tls(context, cert_file)
+    return self_signed_tls(tmp_path_factory.mktemp("tls"))
 
 
 # -- a resend that works ----------------------------------------------------------------------------

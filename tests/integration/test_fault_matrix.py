@@ -24,10 +24,8 @@ Invariants checked after every round of every scenario:
 
 from __future__ import annotations
 
-import datetime as dt
 import functools
 import hashlib
-import ipaddress
 import json
 import ssl
 import threading
@@ -59,6 +57,7 @@ from resender.queues import POISON_REASON_ATTRIBUTE
 from resender.settings import ConfigurationError, Settings
 from tests.builders import QUEUE_ARN, failure, sqs_record
 from tests.conftest import OAUTH_SECRET
+from tests.tls import self_signed_tls
 
 pytestmark = pytest.mark.integration
 
@@ -299,40 +298,6 @@ class OneAnswerServer:
         self._server.server_close()
 
 
-def self_signed_context(directory: Path) -> ssl.SSLContext:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = dt.datetime.now(dt.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
-        )
-        .sign(key, hashes.SHA256())
-    )
-    cert_file, key_file = directory / "cert.pem", directory / "key.pem"
-    cert_file.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(cert_file, key_file)
-    return context
-
-
 # -- the harness ------------------------------------------------------------------------------------------
 
 
@@ -382,7 +347,7 @@ class Matrix:
     def hostile(
         self, status: int, body: bytes, headers: dict[str, str] | None = None, tls: bool = False
     ) -> str:
-        context = self_signed_context(self.tmp_path) if tls else None
+        context = self_signed_tls(self.tmp_path).context if tls else None
         server = OneAnswerServer(status, body, headers or {"Content-Type": "application/json"}, context)
         self.servers.append(server)
         return server.base_url
