@@ -43,9 +43,10 @@ def sqs_record(message_id: int) -> dict[str, Any]:
         "body": json.dumps({"messageId": message_id, "channel": "SMS", "reason": "undelivered"}),
         "attributes": {
             "ApproximateReceiveCount": "1",
-            "SentTimestamp": "1746061700000",
+            # Now, so that the resend policy's age rule resends it.
+            "SentTimestamp": str(int(time.time() * 1000)),
             "SenderId": "AIDAIENQZJOLO23YVJ4VO",
-            "ApproximateFirstReceiveTimestamp": "1746061700011",
+            "ApproximateFirstReceiveTimestamp": str(int(time.time() * 1000)),
         },
         "messageAttributes": {},
         "md5OfBody": "0" * 32,

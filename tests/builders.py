@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 import json
+import time
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 QUEUE_ARN = "arn:aws:sqs:us-east-1:123456789012:communication-failures"
 TOPIC_ARN = "arn:aws:sns:us-east-1:123456789012:communication-failures"
+
+
+def now_millis() -> int:
+    """Envelope times are now: the resend policy's age rule reads them."""
+    return int(time.time() * 1000)
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def failure(message_id: object, **extra: object) -> str:
@@ -24,9 +35,9 @@ def sqs_record(
         "body": body,
         "attributes": {
             "ApproximateReceiveCount": str(receive_count),
-            "SentTimestamp": "1746061700000",
+            "SentTimestamp": str(now_millis()),
             "SenderId": "AIDAIENQZJOLO23YVJ4VO",
-            "ApproximateFirstReceiveTimestamp": "1746061700011",
+            "ApproximateFirstReceiveTimestamp": str(now_millis()),
         },
         "messageAttributes": {},
         "md5OfBody": "0" * 32,
@@ -48,7 +59,7 @@ def sns_envelope(message: str, sns_message_id: str | None = None) -> str:
             "MessageId": sns_message_id or str(uuid.uuid4()),
             "TopicArn": TOPIC_ARN,
             "Message": message,
-            "Timestamp": "2026-11-27T10:00:00.000Z",
+            "Timestamp": now_iso(),
             "SignatureVersion": "1",
             "Signature": "EXAMPLE",
             "SigningCertURL": "https://sns.us-east-1.amazonaws.com/cert.pem",
@@ -65,7 +76,7 @@ def eventbridge_event(detail: dict[str, Any]) -> str:
             "detail-type": "Communication Delivery Failed",
             "source": "brand.communications",
             "account": "123456789012",
-            "time": "2026-11-27T10:00:00Z",
+            "time": now_iso(),
             "region": "us-east-1",
             "resources": [],
             "detail": detail,
@@ -87,7 +98,7 @@ def sns_event(message: str) -> dict[str, Any]:
                     "TopicArn": TOPIC_ARN,
                     "Subject": None,
                     "Message": message,
-                    "Timestamp": "2026-11-27T10:00:00.000Z",
+                    "Timestamp": now_iso(),
                     "MessageAttributes": {},
                 },
             }

@@ -160,7 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the Lambda handler on sam-local-invoke style event files, without a container",
         description="Run the real handler on each EVENT_FILE, as `sam local invoke` does but without "
         "Docker, against the configured AWS (real or emulated); print the batch response and the "
-        "outcome recorded for each record. Exit 1 if an invocation raised.",
+        "outcome recorded for each record. Envelope times (SQS SentTimestamp, SNS Timestamp) are set to "
+        "now, as if just delivered, so the resend policy's age rule reads only a payload's own failedAt. "
+        "Exit 1 if an invocation raised.",
     )
     invoke.add_argument("event_files", nargs="+", type=Path, metavar="EVENT_FILE")
     invoke.add_argument(

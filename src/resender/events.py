@@ -9,9 +9,11 @@ that does not yield a positive int64 is poison: it carries the reason and is nev
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Final
 
@@ -23,6 +25,8 @@ from resender.settings import ConfigurationError
 
 INT64_LIMIT: Final = 2**63
 _DIGITS = re.compile(r"[0-9]{1,19}")
+_EPOCH = re.compile(r"[0-9]{1,16}(\.[0-9]{1,9})?")
+_MILLISECONDS_FROM: Final = 1e11
 # An SNS envelope nested in an EventBridge event nested in ... is legitimate up to a point; past it, the
 # body is treated as what it most likely is: a payload that happens to look like an envelope.
 _MAX_UNWRAP_DEPTH: Final = 4
@@ -42,6 +46,8 @@ class Delivery:
     receive_count: int = 1
     receipt_handle: str | None = None
     source_arn: str | None = None
+    # When the queue or topic took the record in (SQS ``SentTimestamp``, SNS ``Timestamp``), epoch seconds.
+    sent_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +56,10 @@ class Notice:
 
     delivery: Delivery
     message_id: int
+    # What the resend policy and the org routing read: the failure itself, envelopes peeled off.
+    payload: Any = None
+    # The oldest time any envelope around the failure knows (SNS, SQS, EventBridge), epoch seconds.
+    envelope_time: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,16 +90,26 @@ class MessageIdParser:
 
     def parse(self, delivery: Delivery) -> ParsedRecord:
         try:
-            return Notice(delivery, self.message_id(delivery.body))
+            payload, times = self._payload(delivery.body)
+            message_id = self._find_id(payload)
         except PoisonError as error:
             return Poison(delivery, str(error))
+        if delivery.sent_at is not None:
+            times.append(delivery.sent_at)
+        return Notice(delivery, message_id, payload, min(times) if times else None)
 
     def message_id(self, body: str) -> int:
         """The id in ``body``, or :class:`PoisonError` saying why there is none."""
+        payload, _ = self._payload(body)
+        return self._find_id(payload)
+
+    def _payload(self, body: str) -> tuple[Any, list[float]]:
         size = len(body.encode("utf-8", errors="surrogatepass"))
         if size > self._max_body_bytes:
             raise PoisonError(f"body is {size} bytes, more than the {self._max_body_bytes} allowed")
-        payload = unwrap(_load_json(body, "body"))
+        return unwrap_with_times(_load_json(body, "body"))
+
+    def _find_id(self, payload: Any) -> int:
         try:
             found = self._path.search(payload)
         except (JMESPathError, TypeError, ValueError):
@@ -127,18 +147,58 @@ def validate_message_id(value: object, path: str = "messageId") -> int:
 
 def unwrap(payload: Any) -> Any:
     """Peel SNS envelopes and EventBridge events off the failure payload."""
+    return unwrap_with_times(payload)[0]
+
+
+def unwrap_with_times(payload: Any) -> tuple[Any, list[float]]:
+    """The failure payload, and the times (epoch seconds) its envelopes carried."""
+    times: list[float] = []
     for _ in range(_MAX_UNWRAP_DEPTH):
         if _is_sns_envelope(payload):
             message = payload["Message"]
             if not isinstance(message, str):
                 raise PoisonError("SNS envelope Message is not a string")
+            _add_time(times, parse_time(payload.get("Timestamp")))
             # The envelope's own MessageId is SNS's uuid: it is dropped here with the envelope on purpose.
             payload = _load_json(message, "SNS Message")
         elif _is_eventbridge_event(payload):
+            _add_time(times, parse_time(payload.get("time")))
             payload = payload["detail"]
         else:
-            return payload
-    return payload
+            return payload, times
+    return payload, times
+
+
+def parse_time(value: object) -> float | None:
+    """Epoch seconds from ISO 8601 text, or epoch seconds or milliseconds (number or digits); else None.
+
+    A number above 10^11 is read as milliseconds: as seconds it would be after the year 5000, and as
+    milliseconds below it, before 1973. ISO 8601 text without an offset is read as UTC.
+    """
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, str):
+        text = value.strip()
+        if _EPOCH.fullmatch(text):
+            return parse_time(float(text))
+        try:
+            moment = datetime.fromisoformat(text)
+        except ValueError:
+            return None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        return moment.timestamp()
+    if isinstance(value, int | float):
+        number = float(value)
+        if not math.isfinite(number) or number < 0:
+            return None
+        return number / 1000 if number > _MILLISECONDS_FROM else number
+    return None
+
+
+def _add_time(times: list[float], moment: float | None) -> None:
+    if moment is not None:
+        times.append(moment)
 
 
 def parse_event(event: Mapping[str, Any]) -> tuple[EventSource, list[Delivery]]:
@@ -177,6 +237,7 @@ def _sqs_delivery(record: Mapping[str, Any]) -> Delivery:
         receive_count=max(receive_count, 1),
         receipt_handle=record.get("receiptHandle"),
         source_arn=record.get("eventSourceARN"),
+        sent_at=parse_time(attributes.get("SentTimestamp")) if isinstance(attributes, Mapping) else None,
     )
 
 
@@ -188,6 +249,7 @@ def _sns_delivery(record: Mapping[str, Any]) -> Delivery:
         record_id=str(sns.get("MessageId", "")),
         body=message if isinstance(message, str) else "",
         source_arn=sns.get("TopicArn") or record.get("EventSubscriptionArn"),
+        sent_at=parse_time(sns.get("Timestamp")),
     )
 
 

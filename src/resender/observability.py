@@ -26,6 +26,7 @@ class MetricName(StrEnum):
     RETRYING = "Retrying"
     UNCERTAIN = "Uncertain"
     SKIPPED = "Skipped"
+    SKIPPED_BY_POLICY = "SkippedByPolicy"
     POISON = "Poison"
     DUPLICATE = "Duplicate"
     OUTCOME_WRITE_FAILED = "OutcomeWriteFailed"

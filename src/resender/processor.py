@@ -20,9 +20,18 @@ from resender.capillary import CapillaryClient
 from resender.events import Delivery, MessageIdParser, Notice, Poison
 from resender.models import ResendResult, Status, Verdict
 from resender.observability import MetricName, logger
+from resender.policy import Refusal, ResendPolicy, loop_guard
 from resender.queues import QueueError, Queues
 from resender.settings import Settings
-from resender.store import Claim, ClaimLostError, ClaimState, Outcome, OutcomeStore, StoreError
+from resender.store import (
+    Claim,
+    ClaimLostError,
+    ClaimResult,
+    ClaimState,
+    Outcome,
+    OutcomeStore,
+    StoreError,
+)
 
 # A call must be able to finish inside the invocation: with less time left than the read timeout plus this,
 # a record is not claimed at all but handed back to the queue.
@@ -94,6 +103,7 @@ class Resender:
         executor: ThreadPoolExecutor,
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.monotonic,
+        policy: ResendPolicy | None = None,
     ) -> None:
         self._settings = settings
         self._store = store
@@ -103,6 +113,7 @@ class Resender:
         self._parser = MessageIdParser(settings.message_id_path, settings.max_body_bytes)
         self._rng = rng or random.SystemRandom()
         self._clock = clock
+        self._policy = policy or ResendPolicy.from_settings(settings)
 
     def process(
         self, deliveries: Iterable[Delivery], remaining_seconds: Callable[[], float] | None = None
@@ -150,6 +161,9 @@ class Resender:
         self, notice: Notice, breaker: CircuitBreaker, remaining: Callable[[], float]
     ) -> RecordReport:
         report = RecordReport(notice.delivery, message_id=notice.message_id)
+        refusal = self._policy.evaluate(notice)
+        if refusal is not None:
+            return self._skip(report, refusal)
         time_left = remaining()
         if time_left < self._settings.capillary_timeout_seconds + DEADLINE_SAFETY_SECONDS:
             return _retry(report, "not enough time left in this invocation to call Capillary safely")
@@ -157,11 +171,15 @@ class Resender:
             claimed = self._store.claim(notice.message_id, time_left + self._settings.claim_margin_seconds)
         except StoreError as error:
             return _retry(report, f"not claimed, Capillary not called: {error}")
-        if claimed.state is ClaimState.SETTLED:
-            report.status = claimed.status
-            report.reason = "already settled by an earlier delivery"
-            report.metrics.append(Metric(MetricName.DUPLICATE))
-            return report
+        if claimed.state is not ClaimState.CLAIMED:
+            return self._taken(report, claimed)
+        if claimed.claim is None:  # CLAIMED always carries the claim; this keeps the type checker honest
+            return _retry(report, "claim answered without a token")
+        return self._resend(report, claimed.claim, breaker)
+
+    @staticmethod
+    def _taken(report: RecordReport, claimed: ClaimResult) -> RecordReport:
+        """Another delivery owns or owned this id: say so, and come back only if it may still need us."""
         if claimed.state is ClaimState.IN_FLIGHT:
             report.metrics.append(Metric(MetricName.DUPLICATE))
             # Come back once the other holder has settled it or its lease has run out, not before.
@@ -173,18 +191,19 @@ class Resender:
             report.reason = "an earlier claim expired without an outcome; not resent automatically"
             report.metrics.append(Metric(MetricName.UNCERTAIN))
             return report
-        if claimed.claim is None:  # CLAIMED always carries the claim; this keeps the type checker honest
-            return _retry(report, "claim answered without a token")
-        return self._resend(report, claimed.claim, breaker)
+        report.status = claimed.status
+        report.reason = "already settled by an earlier delivery"
+        report.metrics.append(Metric(MetricName.DUPLICATE))
+        return report
 
     def _resend(self, report: RecordReport, claim: Claim, breaker: CircuitBreaker) -> RecordReport:
         if claim.depth >= self._settings.max_resend_depth:
-            limit = self._settings.max_resend_depth
-            reason = (
-                f"resend chain depth {claim.depth} reached MAX_RESEND_DEPTH={limit} "
-                f"(resend of {claim.resend_of}, chain root {claim.root_message_id})"
+            refusal = loop_guard(
+                claim.depth, self._settings.max_resend_depth, claim.resend_of, claim.root_message_id
             )
-            return self._settle(report, claim, Outcome(Status.SKIPPED, error_message=reason), reason)
+            report.metrics.append(Metric(MetricName.SKIPPED_BY_POLICY))
+            outcome = Outcome(Status.SKIPPED, error_message=refusal.message, policy=refusal.rule)
+            return self._settle(report, claim, outcome, refusal.message)
         if breaker.is_open:
             report.metrics.append(Metric(MetricName.CIRCUIT_OPEN))
             outcome = Outcome(Status.RETRYING, error_message="circuit open")
@@ -198,6 +217,22 @@ class Resender:
         report.min_delay_seconds = result.retry_after_seconds or 0.0
         report.resent_message_id = result.resent_message_id
         return self._settle(report, claim, Outcome.from_result(result), _describe(result))
+
+    def _skip(self, report: RecordReport, refusal: Refusal) -> RecordReport:
+        """Record a refused record SKIPPED without a claim and without calling Capillary."""
+        if report.message_id is None:  # a Notice always has an id; this keeps the type checker honest
+            return _retry(report, "no message id")
+        outcome = Outcome(Status.SKIPPED, error_message=refusal.message, policy=refusal.rule)
+        try:
+            written = self._store.settle_without_call(report.message_id, outcome)
+        except StoreError as error:
+            return _retry(report, f"policy skip not recorded ({error}); Capillary not called")
+        if written.state is ClaimState.RECORDED:
+            report.status = Status.SKIPPED
+            report.reason = refusal.message
+            report.metrics += [Metric(MetricName.SKIPPED), Metric(MetricName.SKIPPED_BY_POLICY)]
+            return report
+        return self._taken(report, written)
 
     def _settle(self, report: RecordReport, claim: Claim, outcome: Outcome, reason: str) -> RecordReport:
         report.status = outcome.status

@@ -10,12 +10,26 @@ import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Final, TypeVar
 from urllib.parse import urlsplit
 
 N = TypeVar("N", int, float)
 
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+
+#: Capillary delivery statuses (Insights+ ``veneno_status_label``) for which a resend fails again, costs
+#: credits or breaks the regulator's rules: the default of ``SKIP_REASONS``.
+DEFAULT_SKIP_REASONS: Final = (
+    "HARD_BOUNCED",
+    "DND_BLOCKED",
+    "NDNC_BLOCKED",
+    "MARKED_UNSUBSCRIBED",
+    "MARKED_SPAM",
+    "INVALID",
+    "MOBILE_WHITELISTED_BLOCKED",
+    "ORG_DISABLED",
+    "BLOCKED",
+)
 
 
 class ConfigurationError(Exception):
@@ -41,6 +55,16 @@ class Settings:
     retry_cap_seconds: int = 900
     max_body_bytes: int = 256 * 1024
     max_text_chars: int = 512
+    # Resend policy (see resender.policy); each default is the contract's.
+    reason_path: str = "reason"
+    skip_reasons: tuple[str, ...] = DEFAULT_SKIP_REASONS
+    channel_path: str = "channel"
+    resend_channels: tuple[str, ...] = ()
+    failed_at_path: str = "failedAt"
+    resend_max_age_seconds: int = 86_400
+    skip_when: str = ""
+    # Several orgs: where the org id sits in the payload; empty means one org per deployment.
+    org_id_path: str = ""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -63,6 +87,14 @@ class Settings:
             retry_cap_seconds=_number(env, "RETRY_CAP_SECONDS", 900, int, minimum=0),
             max_body_bytes=_number(env, "MAX_BODY_BYTES", 256 * 1024, int, minimum=1),
             max_text_chars=_number(env, "MAX_TEXT_CHARS", 512, int, minimum=64),
+            reason_path=_path(env, "REASON_PATH", "reason"),
+            skip_reasons=_list(env, "SKIP_REASONS", DEFAULT_SKIP_REASONS),
+            channel_path=_path(env, "CHANNEL_PATH", "channel"),
+            resend_channels=_list(env, "RESEND_CHANNELS", ()),
+            failed_at_path=_path(env, "FAILED_AT_PATH", "failedAt"),
+            resend_max_age_seconds=_number(env, "RESEND_MAX_AGE_SECONDS", 86_400, int, minimum=0),
+            skip_when=_optional_path(env, "SKIP_WHEN"),
+            org_id_path=_optional_path(env, "ORG_ID_PATH"),
         )
         if settings.capillary_timeout_seconds <= 0:
             raise ConfigurationError("CAPILLARY_TIMEOUT_SECONDS must be greater than 0")
@@ -110,3 +142,33 @@ def _number(env: Mapping[str, str], name: str, default: N, kind: type[N], minimu
     if minimum is not None and value < minimum:
         raise ConfigurationError(f"{name} must be at least {minimum}")
     return value
+
+
+def _list(env: Mapping[str, str], name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    """A comma-separated list; unset means ``default``, set to the empty string means no entries."""
+    raw = env.get(name)
+    if raw is None:
+        return default
+    return tuple(entry.strip() for entry in raw.split(",") if entry.strip())
+
+
+def _path(env: Mapping[str, str], name: str, default: str) -> str:
+    return compile_jmespath(name, env.get(name, "").strip() or default)
+
+
+def _optional_path(env: Mapping[str, str], name: str) -> str:
+    text = env.get(name, "").strip()
+    return compile_jmespath(name, text) if text else ""
+
+
+def compile_jmespath(name: str, expression: str) -> str:
+    """``expression`` if it is valid JMESPath; a clear ConfigurationError naming the setting otherwise."""
+    import jmespath
+    from jmespath.exceptions import JMESPathError
+
+    try:
+        jmespath.compile(expression)
+    except JMESPathError as error:
+        detail = " ".join(str(error).split())
+        raise ConfigurationError(f"{name} is not a valid JMESPath expression: {detail}") from None
+    return expression

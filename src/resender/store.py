@@ -37,6 +37,8 @@ OPTIONAL_ATTRIBUTES: Final = (
     "errorCode",
     "errorMessage",
     "httpStatus",
+    "policy",
+    "answeredOrgId",
 )
 
 
@@ -53,6 +55,7 @@ class ClaimState(StrEnum):
     SETTLED = "SETTLED"  # a final status exists: acknowledge without calling
     IN_FLIGHT = "IN_FLIGHT"  # another holder's lease is live: try again later
     EXPIRED = "EXPIRED"  # a vanished holder's claim, now recorded UNCERTAIN
+    RECORDED = "RECORDED"  # an outcome written without a claim (a policy skip): nothing to call
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +85,8 @@ class Outcome:
     error_code: int | None = None
     error_message: str | None = None
     http_status: int | None = None
+    policy: str | None = None  # the rule that refused a SKIPPED record
+    answered_org_id: int | None = None  # the orgId Capillary answered with, when it is not ``org_id``
 
     @classmethod
     def from_result(cls, result: ResendResult) -> Outcome:
@@ -104,6 +109,8 @@ class Outcome:
             "errorCode": self.error_code,
             "errorMessage": self.error_message,
             "httpStatus": self.http_status,
+            "policy": self.policy,
+            "answeredOrgId": self.answered_org_id,
         }
         return {name: value for name, value in values.items() if value is not None}
 
@@ -159,6 +166,61 @@ class OutcomeStore:
             self._release(message_id, token, now)
             raise StoreError(f"claim failed ({type(error).__name__})") from None
         return ClaimResult(ClaimState.CLAIMED, _claim_from(message_id, token, response.get("Attributes", {})))
+
+    def settle_without_call(self, message_id: int, outcome: Outcome) -> ClaimResult:
+        """Write a final ``outcome`` that needs no call to Capillary (a policy skip), in one write.
+
+        It lands only where a claim would: on a new item (or a link item, whose chain attributes stay) or a
+        RETRYING one. Anything else is answered as a claim would be: a final status is left alone (a RESENT
+        item is never overwritten), a live claim is IN_FLIGHT, and a vanished holder's claim turns UNCERTAIN.
+        """
+        now = self._clock()
+        attributes = outcome.attributes()
+        names = {"#status": "status"}
+        values: dict[str, Any] = {
+            ":status": {"S": outcome.status},
+            ":retrying": {"S": Status.RETRYING},
+            ":zero": {"N": "0"},
+            ":now": {"S": _iso(now)},
+            ":expires": {"N": str(int(now) + self._ttl)},
+        }
+        assignments = [
+            "#status = :status",
+            "attempts = if_not_exists(attempts, :zero)",
+            "createdAt = if_not_exists(createdAt, :now)",
+            "updatedAt = :now",
+            "expiresAt = :expires",
+        ]
+        for index, (name, value) in enumerate(attributes.items()):
+            names[f"#a{index}"] = name
+            values[f":a{index}"] = _attribute_value(value)
+            assignments.append(f"#a{index} = :a{index}")
+        removals = ["claimToken", "leaseExpiresAt"] + [
+            name for name in OPTIONAL_ATTRIBUTES if name not in attributes
+        ]
+        try:
+            self._client.update_item(
+                TableName=self._table,
+                Key=_key(message_id),
+                UpdateExpression=f"SET {', '.join(assignments)} REMOVE {', '.join(removals)}",
+                ConditionExpression="attribute_not_exists(#status) OR #status = :retrying",
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues=values,
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            )
+        except ClientError as error:
+            if _code(error) != "ConditionalCheckFailedException":
+                raise StoreError(f"recording the outcome failed ({_code(error)})") from None
+            existing = cast("Mapping[str, Any] | None", error.response.get("Item")) or self._read(message_id)
+            item = _plain(existing or {})
+            if item.get("status") == outcome.status and item.get("errorMessage") == outcome.error_message:
+                # Already skipped for the same reason: an SDK retry of this write whose answer was lost, or
+                # a replay. Either way the answer is this outcome.
+                return ClaimResult(ClaimState.RECORDED, status=outcome.status)
+            return self._on_taken(message_id, uuid.uuid4().hex, existing, now)
+        except BotoCoreError as error:
+            raise StoreError(f"recording the outcome failed ({type(error).__name__})") from None
+        return ClaimResult(ClaimState.RECORDED, status=outcome.status)
 
     def _release(self, message_id: int, token: str, now: float) -> None:
         """Undo a claim whose answer was lost: it may have landed, and Capillary was not called.

@@ -12,7 +12,7 @@ import boto3
 import pytest
 
 from resender import app
-from resender.local.runner import DEMO_SECRET, LocalContext
+from resender.local.runner import DEMO_SECRET, LocalContext, as_delivered_now
 from resender.local.stub import Behaviour, basic_auth_header
 from resender.observability import MetricName
 from resender.queues import POISON_REASON_ATTRIBUTE
@@ -88,7 +88,7 @@ def test_direct_sns_retryable_failure_raises_for_lambda_async_retries(invoke, st
     ],
 )
 def test_sample_events_each_cause_one_resend(invoke, stub, name) -> None:
-    event = json.loads((EVENTS / name).read_text())
+    event = as_delivered_now(json.loads((EVENTS / name).read_text()))
 
     response = invoke(event)
 
@@ -396,7 +396,9 @@ def test_resend_chain_stops_at_max_resend_depth(invoke, stub, outcome) -> None:
     assert stub.resends_performed() == 2
     item = outcome(second_resend)
     assert item["status"] == "SKIPPED"
+    assert item["errorMessage"].startswith("policy: loopGuard: ")
     assert "MAX_RESEND_DEPTH" in item["errorMessage"]
+    assert item["policy"] == "loopGuard"
     assert (item["resendOf"], item["rootMessageId"], item["resendDepth"]) == (first_resend, ID, 2)
 
 

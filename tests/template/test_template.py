@@ -184,7 +184,7 @@ def _settings_env_names() -> tuple[set[str], set[str]]:
     """(every name settings.py reads, the names it requires), parsed from the source."""
     source = SETTINGS_PATH.read_text(encoding="utf-8")
     name = r'"([A-Z][A-Z0-9_]+)"'
-    read = set(re.findall(r"(?:_required|_number)\(\s*\w+\s*,\s*" + name, source))
+    read = set(re.findall(r"(?:_required|_number|_path|_optional_path|_list)\(\s*\w+\s*,\s*" + name, source))
     read |= set(re.findall(r"(?:\benv|environ|os\.environ)\.get\(\s*" + name, source))
     read |= set(re.findall(r"(?:\benv|environ|os\.environ)\[\s*" + name, source))
     read |= set(re.findall(r"getenv\(\s*" + name, source))
@@ -759,3 +759,28 @@ def test_env_json_sets_only_declared_variables_and_is_valid(env_vars: dict[str, 
     assert local["POWERTOOLS_METRICS_NAMESPACE"] == METRICS_NAMESPACE
     settings = Settings.from_env(local)
     assert settings.capillary_base_url == "http://127.0.0.1:8080"
+
+
+# ------------------------------------------------------------------------------------------------ resend policy
+POLICY_PARAMETERS = {
+    "REASON_PATH": "ReasonPath",
+    "SKIP_REASONS": "SkipReasons",
+    "CHANNEL_PATH": "ChannelPath",
+    "RESEND_CHANNELS": "ResendChannels",
+    "FAILED_AT_PATH": "FailedAtPath",
+    "RESEND_MAX_AGE_SECONDS": "ResendMaxAgeSeconds",
+    "SKIP_WHEN": "SkipWhen",
+    "ORG_ID_PATH": "OrgIdPath",
+}
+
+
+def test_each_policy_setting_is_a_parameter_whose_default_is_the_codes(
+    env_vars: dict[str, Any], parameters: dict[str, Any]
+) -> None:
+    required = {"OUTCOMES_TABLE": "t", "CAPILLARY_SECRET_ID": "s", "CAPILLARY_BASE_URL": "https://x.example"}
+    for env_name, parameter in POLICY_PARAMETERS.items():
+        assert env_vars[env_name] == {"Ref": parameter}
+    deployed = Settings.from_env(
+        {**required, **{env: str(parameters[p]["Default"]) for env, p in POLICY_PARAMETERS.items()}}
+    )
+    assert deployed == Settings.from_env(required)

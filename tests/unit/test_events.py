@@ -269,7 +269,7 @@ def test_poison_and_notice_keep_their_delivery() -> None:
     bad = Delivery(record_id="b", body="nope")
     parser = MessageIdParser()
 
-    assert parser.parse(good) == Notice(good, MESSAGE_ID)
+    assert parser.parse(good) == Notice(good, MESSAGE_ID, json.loads(good.body))
     result = parser.parse(bad)
     assert isinstance(result, Poison)
     assert result.delivery is bad
@@ -386,6 +386,7 @@ def test_sqs_record_fields() -> None:
         receive_count=4,
         receipt_handle="handle-c0ffee-record",
         source_arn=QUEUE_ARN,
+        sent_at=int(record["attributes"]["SentTimestamp"]) / 1000,
     )
 
 

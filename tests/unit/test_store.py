@@ -192,3 +192,77 @@ def test_a_different_outcome_on_a_settled_claim_is_still_a_lost_claim(store) -> 
 
     with pytest.raises(ClaimLostError):
         store.record(claim, Outcome(Status.RESENT, resent_message_id=ID + 1))
+
+
+# -- settling without a call (policy skips) ------------------------------------------------------------
+
+SKIP = Outcome(
+    Status.SKIPPED, error_message="policy: reason: 'HARD_BOUNCED' is HARD_BOUNCED", policy="reason"
+)
+
+
+def test_a_policy_skip_creates_a_final_item_without_a_claim(store, clock) -> None:
+    result = store.settle_without_call(ID, SKIP)
+
+    assert result.state is ClaimState.RECORDED
+    item = store.get(ID)
+    assert item["status"] == "SKIPPED"
+    assert item["policy"] == "reason"
+    assert item["errorMessage"].startswith("policy: reason")
+    assert item["attempts"] == 0
+    assert item["expiresAt"] == int(clock.now) + TTL
+    assert "claimToken" not in item
+    # Final: a later delivery is acknowledged without a claim.
+    assert store.claim(ID, lease_seconds=90).state is ClaimState.SETTLED
+
+
+def test_a_policy_skip_never_overwrites_a_resend(store) -> None:
+    claim = store.claim(ID, lease_seconds=90).claim
+    store.record(claim, Outcome(Status.RESENT, resent_message_id=ID + 1))
+
+    result = store.settle_without_call(ID, SKIP)
+
+    assert (result.state, result.status) == (ClaimState.SETTLED, Status.RESENT)
+    item = store.get(ID)
+    assert item["status"] == "RESENT"
+    assert item["resentMessageId"] == ID + 1
+    assert "policy" not in item
+
+
+def test_a_policy_skip_settles_a_retrying_item_and_clears_its_old_error(store) -> None:
+    claim = store.claim(ID, lease_seconds=90).claim
+    store.record(claim, Outcome(Status.RETRYING, error_code=500, error_message="boom", http_status=500))
+
+    assert store.settle_without_call(ID, SKIP).state is ClaimState.RECORDED
+    item = store.get(ID)
+    assert (item["status"], item["attempts"], item["errorMessage"]) == ("SKIPPED", 1, SKIP.error_message)
+    assert "errorCode" not in item
+    assert "httpStatus" not in item
+
+
+def test_a_policy_skip_leaves_a_live_claim_alone(store) -> None:
+    claim = store.claim(ID, lease_seconds=90).claim
+
+    result = store.settle_without_call(ID, SKIP)
+
+    assert result.state is ClaimState.IN_FLIGHT
+    assert store.get(ID)["claimToken"] == claim.token
+
+
+def test_a_policy_skip_turns_a_vanished_claim_uncertain(store, clock) -> None:
+    store.claim(ID, lease_seconds=90)
+    clock.now += 3600
+
+    result = store.settle_without_call(ID, SKIP)
+
+    assert result.state is ClaimState.EXPIRED
+    assert store.get(ID)["status"] == "UNCERTAIN"
+
+
+def test_a_policy_skip_keeps_the_resend_chain_of_a_link_item(store) -> None:
+    claim = store.claim(ID, lease_seconds=90).claim
+    store.record(claim, Outcome(Status.RESENT, resent_message_id=ID + 1))
+
+    assert store.settle_without_call(ID + 1, SKIP).state is ClaimState.RECORDED
+    item = store.get(ID + 1)
+    assert (item["status"], item["resendOf"], item["resendDepth"]) == ("SKIPPED", ID, 1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import json
 import time
@@ -10,6 +11,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -48,11 +50,57 @@ class Invocation:
     emitted: str  # what the handler printed (EMF metric blobs)
 
 
-def load_event(path: Path) -> dict[str, Any]:
+def load_event(path: Path, *, delivered_now: bool = True) -> dict[str, Any]:
+    """An event file, by default as if delivered now (see :func:`as_delivered_now`)."""
     document = json.loads(path.read_text(encoding="utf-8"))
     if not isinstance(document, dict):
         raise ValueError(f"{path}: an event file holds one JSON object")
-    return document
+    return as_delivered_now(document) if delivered_now else document
+
+
+def as_delivered_now(event: dict[str, Any], now: float | None = None) -> dict[str, Any]:
+    """A copy of ``event`` whose envelope times (SQS ``SentTimestamp``, SNS ``Timestamp``, EventBridge
+    ``time``) are ``now``, as if the queue or topic had just delivered it.
+
+    The sample files were captured long ago; replayed as they are, the resend policy's age rule would skip
+    every one of them. A payload's own ``failedAt`` is left alone: that is the failure's time, not the
+    delivery's.
+    """
+    moment = time.time() if now is None else now
+    millis = str(int(moment * 1000))
+    iso = datetime.fromtimestamp(moment, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    fresh = copy.deepcopy(event)
+    for record in fresh.get("Records", []):
+        if not isinstance(record, dict):
+            continue
+        attributes = record.get("attributes")
+        if isinstance(attributes, dict):
+            for name in ("SentTimestamp", "ApproximateFirstReceiveTimestamp"):
+                if name in attributes:
+                    attributes[name] = millis
+        sns = record.get("Sns")
+        if isinstance(sns, dict) and "Timestamp" in sns:
+            sns["Timestamp"] = iso
+        body = record.get("body")
+        if isinstance(body, str):
+            record["body"] = _restamped_body(body, iso)
+    return fresh
+
+
+def _restamped_body(body: str, iso: str) -> str:
+    try:
+        document = json.loads(body)
+    except ValueError:
+        return body  # poison samples stay byte for byte what they were
+    if not isinstance(document, dict):
+        return body
+    if document.get("Type") == "Notification" and "Timestamp" in document:
+        document["Timestamp"] = iso
+    elif "detail-type" in document and "time" in document:
+        document["time"] = iso
+    else:
+        return body
+    return json.dumps(document)
 
 
 def invoke(event: dict[str, Any], event_file: str = "<event>", timeout_seconds: float = 30.0) -> Invocation:
