@@ -21,6 +21,7 @@ from resender.models import Status
 if TYPE_CHECKING:
     from resender.operations import AwsTarget, ChainLink, RedriveResult, StatusReport
     from resender.store import OutcomeStore
+    from resender.submit import ReadResult
 
 EXIT_OK = 0
 EXIT_NOT_FOUND = 1
@@ -218,6 +219,46 @@ def build_parser() -> argparse.ArgumentParser:
     resend.add_argument("--reason", help="why it is forced, stored on the item")
     resend.add_argument("--verbose", action="store_true", help="also print the function's JSON log lines")
 
+    submit = commands.add_parser(
+        "submit",
+        parents=[aws],
+        help="publish failed messages from CSV, JSON Lines or a list of ids to the function's feed",
+        description="Read failed messages from each FILE (- for stdin) and from --ids, check every id as "
+        "the function does, fold duplicates, and publish one notification per distinct messageId (see "
+        "schema/failure-notification.schema.json) to the topic or queue, ten per request. Bad lines are "
+        "reported with their file and line and never published. A rerun is safe: the function claims "
+        "each messageId before resending, so a notification published twice causes one resend. Exit 0 "
+        "when every valid id was published and none was invalid, 1 when some input was invalid (the "
+        "valid ones are still published), 2 for usage, configuration or AWS errors.",
+    )
+    submit.add_argument("files", nargs="*", metavar="FILE", help="input files; - reads stdin")
+    submit.add_argument("--ids", nargs="+", default=[], metavar="ID", help="message ids given inline")
+    submit.add_argument(
+        "--format",
+        choices=["csv", "jsonl", "ids"],
+        help="input format (default: from the file name: .csv, .jsonl/.ndjson; else from the first line)",
+    )
+    submit.add_argument(
+        "--id-column",
+        metavar="NAME",
+        help="CSV column holding the message id (default: the first of messageId, message_id, id, "
+        "nsadmin_id)",
+    )
+    submit.add_argument("--org", metavar="ORG", help="orgId for notifications whose input names none")
+    target = submit.add_mutually_exclusive_group()
+    target.add_argument("--topic-arn", help="SNS topic to publish to (default: FAILURE_TOPIC_ARN)")
+    target.add_argument(
+        "--queue-url", help="SQS queue to send to (default: SOURCE_QUEUE_URL when no topic is set)"
+    )
+    submit.add_argument("--dry-run", action="store_true", help="read and check everything; publish nothing")
+    submit.add_argument("--json", action="store_true", help="print one JSON document instead of text")
+    submit.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar on stderr (default: when stderr is a terminal)",
+    )
+
     demo = commands.add_parser(
         "demo",
         help="run every sample event against emulated AWS and a Capillary stub (make demo)",
@@ -248,6 +289,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from resender.queues import QueueError
     from resender.settings import ConfigurationError
     from resender.store import StoreError
+    from resender.submit import SubmitError
 
     handlers: dict[str, Callable[[argparse.Namespace], int]] = {
         "status": _status_command,
@@ -255,6 +297,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "invoke": _invoke_command,
         "redrive": _redrive_command,
         "resend": _resend_command,
+        "submit": _submit_command,
         "demo": _demo_command,
     }
     try:
@@ -265,7 +308,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(str(error), EXIT_NOT_FOUND)
     except ConfigurationError as error:
         return _fail(f"configuration error: {error}")
-    except (OperatorError, StoreError, QueueError) as error:
+    except (OperatorError, StoreError, QueueError, SubmitError) as error:
         return _fail(str(error))
     except (BotoCoreError, ClientError) as error:
         return _fail(aws_failure(error))
@@ -574,6 +617,128 @@ def _resend_command(args: argparse.Namespace) -> int:
     if report.status == Status.RETRYING:
         print(f"Capillary failed transiently; run resender resend {report.message_id} again later.")
     return EXIT_OK
+
+
+# -- submit --------------------------------------------------------------------------------------------
+
+FAILURE_TOPIC_ENV = "FAILURE_TOPIC_ARN"
+
+
+class CountBar:
+    """A one-line ``done/total`` bar redrawn in place on a terminal."""
+
+    def __init__(self, stream: TextIO, label: str, width: int = 30) -> None:
+        self._stream, self._label, self._width = stream, label, width
+        self._drawn = False
+
+    def update(self, done: int, total: int) -> None:
+        filled = self._width * done // max(total, 1)
+        self._stream.write(f"\r[{'#' * filled}{'.' * (self._width - filled)}] {done}/{total} {self._label}")
+        self._stream.flush()
+        self._drawn = True
+
+    def finish(self) -> None:
+        if self._drawn:
+            self._stream.write("\n")
+            self._stream.flush()
+
+
+def _submit_inputs(args: argparse.Namespace, org_id: int | None) -> ReadResult:
+    import io
+
+    from resender.submit import InputFormat, Source, SubmitError, read_inputs
+
+    sources: list[Source] = []
+    try:
+        for name in args.files:
+            stream = sys.stdin if name == "-" else Path(name).open(encoding="utf-8-sig", newline="")  # noqa: SIM115
+            sources.append(Source(name, stream))
+        if args.ids:
+            sources.append(Source("--ids", io.StringIO("\n".join(args.ids)), InputFormat.IDS))
+        return read_inputs(
+            sources,
+            input_format=InputFormat(args.format) if args.format else None,
+            id_column=args.id_column,
+            org_id=org_id,
+        )
+    except UnicodeDecodeError as error:
+        raise SubmitError(f"input is not UTF-8 text ({error.reason})") from None
+    finally:
+        for source in sources:
+            if source.stream is not sys.stdin:
+                source.stream.close()
+
+
+def _submit_command(args: argparse.Namespace) -> int:
+    import os
+
+    from resender.submit import (
+        Publisher,
+        QueuePublisher,
+        SubmitError,
+        TopicPublisher,
+        parse_org,
+        publish,
+    )
+
+    if not args.files and not args.ids:
+        raise SubmitError("nothing to submit: give FILE(s), - for stdin, or --ids")
+    if args.files.count("-") > 1:
+        raise SubmitError("stdin (-) can be read only once")
+    org_id = parse_org(args.org) if args.org is not None else None
+    topic_arn = args.topic_arn or (None if args.queue_url else os.environ.get(FAILURE_TOPIC_ENV))
+    queue_url = args.queue_url or (None if topic_arn else os.environ.get("SOURCE_QUEUE_URL"))
+    if not topic_arn and not queue_url:
+        raise SubmitError(
+            f"no target: pass --topic-arn or --queue-url (or set {FAILURE_TOPIC_ENV} or SOURCE_QUEUE_URL)"
+        )
+    read = _submit_inputs(args, org_id)
+    publisher: Publisher
+    target = _target(args)
+    if topic_arn:
+        publisher = TopicPublisher(target.sns(), topic_arn)
+    else:
+        publisher = QueuePublisher(target.sqs(), str(queue_url))
+    published, failed = 0, []
+    if not args.dry_run and read.notifications:
+        show_progress = sys.stderr.isatty() if args.progress is None else args.progress
+        bar = CountBar(sys.stderr, "published") if show_progress else None
+        try:
+            outcome = publish(read.notifications, publisher, bar.update if bar else None)
+        finally:
+            if bar:
+                bar.finish()
+        published, failed = outcome.published, outcome.failed
+    code = EXIT_USAGE if failed else (EXIT_NOT_FOUND if read.invalid else EXIT_OK)
+    if args.json:
+        _print_json(
+            {
+                "target": publisher.target,
+                "dryRun": args.dry_run,
+                "distinct": len(read.notifications),
+                "published": published,
+                "duplicates": read.duplicates,
+                "invalid": [line.to_json() for line in read.invalid],
+                "failed": [
+                    {"messageId": item.message_id, "origin": item.origin, "reason": reason}
+                    for item, reason in failed
+                ],
+                "exitCode": code,
+            }
+        )
+        return code
+    for line in read.invalid:
+        print(f"{line.file}:{line.line}: {line.reason}", file=sys.stderr)
+    for item, reason in failed:
+        print(f"{item.origin}: messageId {item.message_id} not published: {reason}", file=sys.stderr)
+    if args.dry_run:
+        print(f"Dry run: would publish {len(read.notifications)} notification(s) to {publisher.target}.")
+    else:
+        print(f"Published {published} notification(s) to {publisher.target}.")
+    print(f"{read.duplicates} duplicate(s) folded, {len(read.invalid)} invalid line(s).")
+    if failed:
+        print(f"{len(failed)} not published; rerunning is safe: a messageId is resent at most once.")
+    return code
 
 
 # -- demo ----------------------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ from resender.store import Claim, ClaimLostError, Outcome, OutcomeStore, StoreEr
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
+    from mypy_boto3_sns import SNSClient
     from mypy_boto3_sqs import SQSClient
     from mypy_boto3_sqs.type_defs import MessageTypeDef
 
@@ -120,6 +121,10 @@ class AwsTarget:
 
     def sqs(self) -> SQSClient:
         client: SQSClient = self._client("sqs")
+        return client
+
+    def sns(self) -> SNSClient:
+        client: SNSClient = self._client("sns")
         return client
 
     def _client(self, service: str) -> Any:
