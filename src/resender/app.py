@@ -14,9 +14,11 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from resender.aws import AwsClients
 from resender.capillary import CapillaryClient
-from resender.credentials import CredentialsProvider
+from resender.credentials import CredentialSource, CredentialsProvider
 from resender.events import EventSource, parse_event
 from resender.observability import METRICS_NAMESPACE, SERVICE_NAME, logger
+from resender.orgs import OrgRouter
+from resender.policy import ResendPolicy
 from resender.processor import RecordReport, Resender
 from resender.queues import Queues
 from resender.settings import Settings
@@ -44,13 +46,17 @@ def build_container(settings: Settings | None = None) -> Container:
     credentials = CredentialsProvider(
         clients.secretsmanager, settings.capillary_secret_id, settings.secret_max_age_seconds
     )
-    capillary = CapillaryClient(
-        settings.capillary_base_url,
-        credentials,
-        timeout_seconds=settings.capillary_timeout_seconds,
-        pool_size=settings.resend_concurrency,
-        max_text_chars=settings.max_text_chars,
-    )
+
+    def capillary_client(base_url: str, source: CredentialSource) -> CapillaryClient:
+        return CapillaryClient(
+            base_url,
+            source,
+            timeout_seconds=settings.capillary_timeout_seconds,
+            pool_size=settings.resend_concurrency,
+            max_text_chars=settings.max_text_chars,
+        )
+
+    capillary = capillary_client(settings.capillary_base_url, credentials)
     resender = Resender(
         settings,
         store=OutcomeStore(
@@ -59,6 +65,8 @@ def build_container(settings: Settings | None = None) -> Container:
         capillary=capillary,
         queues=Queues(clients.sqs, settings.dead_letter_queue_url),
         executor=ThreadPoolExecutor(max_workers=settings.resend_concurrency, thread_name_prefix="resend"),
+        policy=ResendPolicy.from_settings(settings),
+        orgs=OrgRouter(settings, credentials, capillary, capillary_client),
     )
     return Container(settings, clients, resender)
 

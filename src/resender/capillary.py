@@ -25,7 +25,7 @@ from urllib3.util.retry import Retry
 from resender.credentials import (
     BasicCredentials,
     CachedCredentials,
-    CredentialsProvider,
+    CredentialSource,
     OAuthCredentials,
     SecretError,
 )
@@ -90,7 +90,7 @@ class CapillaryClient:
     def __init__(
         self,
         base_url: str,
-        credentials: CredentialsProvider,
+        credentials: CredentialSource,
         *,
         timeout_seconds: float = 10.0,
         session: requests.Session | None = None,

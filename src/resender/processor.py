@@ -13,13 +13,15 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Final
 
 from resender.capillary import CapillaryClient
+from resender.credentials import SecretError
 from resender.events import Delivery, MessageIdParser, Notice, Poison
 from resender.models import ResendResult, Status, Verdict
 from resender.observability import MetricName, logger
+from resender.orgs import DEFAULT_ORG_KEY, OrgRouter, OrgRoutingError, Route
 from resender.policy import Refusal, ResendPolicy, loop_guard
 from resender.queues import QueueError, Queues
 from resender.settings import Settings
@@ -92,6 +94,19 @@ class CircuitBreaker:
                 self._consecutive_failures = 0
 
 
+class Breakers:
+    """One circuit breaker per org for a batch: one org's outage must not stop another org's resends."""
+
+    def __init__(self, threshold: int) -> None:
+        self._threshold = threshold
+        self._lock = threading.Lock()
+        self._by_org: dict[str, CircuitBreaker] = {}
+
+    def get(self, org_key: str) -> CircuitBreaker:
+        with self._lock:
+            return self._by_org.setdefault(org_key, CircuitBreaker(self._threshold))
+
+
 class Resender:
     def __init__(
         self,
@@ -104,6 +119,7 @@ class Resender:
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.monotonic,
         policy: ResendPolicy | None = None,
+        orgs: OrgRouter | None = None,
     ) -> None:
         self._settings = settings
         self._store = store
@@ -114,11 +130,12 @@ class Resender:
         self._rng = rng or random.SystemRandom()
         self._clock = clock
         self._policy = policy or ResendPolicy.from_settings(settings)
+        self._orgs = orgs
 
     def process(
         self, deliveries: Iterable[Delivery], remaining_seconds: Callable[[], float] | None = None
     ) -> list[RecordReport]:
-        breaker = CircuitBreaker(self._settings.circuit_breaker_threshold)
+        breakers = Breakers(self._settings.circuit_breaker_threshold)
         remaining = remaining_seconds or self._default_remaining()
         parsed = [self._parser.parse(delivery) for delivery in deliveries]
         first_by_id: dict[int, Notice] = {}
@@ -126,7 +143,7 @@ class Resender:
             if isinstance(record, Notice):
                 first_by_id.setdefault(record.message_id, record)
         futures = {
-            notice.message_id: self._executor.submit(self._in_context, notice, breaker, remaining)
+            notice.message_id: self._executor.submit(self._in_context, notice, breakers, remaining)
             for notice in first_by_id.values()
         }
         reports: list[RecordReport] = []
@@ -146,24 +163,30 @@ class Resender:
         deadline = self._clock() + self._settings.default_claim_lease_seconds
         return lambda: deadline - self._clock()
 
-    def _in_context(
-        self, notice: Notice, breaker: CircuitBreaker, remaining: Callable[[], float]
-    ) -> RecordReport:
+    def _in_context(self, notice: Notice, breakers: Breakers, remaining: Callable[[], float]) -> RecordReport:
         logger.thread_safe_append_keys(messageId=notice.message_id, recordId=notice.delivery.record_id)
         try:
-            report = self._handle(notice, breaker, remaining)
+            report = self._handle(notice, breakers, remaining)
             self._log(report)
             return report
         finally:
             logger.thread_safe_remove_keys(["messageId", "recordId"])
 
-    def _handle(
-        self, notice: Notice, breaker: CircuitBreaker, remaining: Callable[[], float]
-    ) -> RecordReport:
+    def _handle(self, notice: Notice, breakers: Breakers, remaining: Callable[[], float]) -> RecordReport:
         report = RecordReport(notice.delivery, message_id=notice.message_id)
         refusal = self._policy.evaluate(notice)
         if refusal is not None:
             return self._skip(report, refusal)
+        try:
+            route = self._route(notice)
+        except OrgRoutingError as error:
+            # Never sent with another org's credentials: kept in the DLQ until the secret names the org.
+            return self._set_aside(Poison(notice.delivery, str(error)), notice.message_id)
+        except SecretError:
+            # The secret cannot be read: the default client fails the same way after the claim, so the
+            # item records RETRYING with the reason, as for any credentials failure. It can never send:
+            # with a several-orgs secret its own read refuses to pick one org's credentials.
+            route = Route(DEFAULT_ORG_KEY, self._capillary)
         time_left = remaining()
         if time_left < self._settings.capillary_timeout_seconds + DEADLINE_SAFETY_SECONDS:
             return _retry(report, "not enough time left in this invocation to call Capillary safely")
@@ -175,7 +198,12 @@ class Resender:
             return self._taken(report, claimed)
         if claimed.claim is None:  # CLAIMED always carries the claim; this keeps the type checker honest
             return _retry(report, "claim answered without a token")
-        return self._resend(report, claimed.claim, breaker)
+        return self._resend(report, claimed.claim, breakers.get(route.org_key), route)
+
+    def _route(self, notice: Notice) -> Route:
+        if self._orgs is None:
+            return Route(DEFAULT_ORG_KEY, self._capillary)
+        return self._orgs.route(notice.payload)
 
     @staticmethod
     def _taken(report: RecordReport, claimed: ClaimResult) -> RecordReport:
@@ -196,7 +224,9 @@ class Resender:
         report.metrics.append(Metric(MetricName.DUPLICATE))
         return report
 
-    def _resend(self, report: RecordReport, claim: Claim, breaker: CircuitBreaker) -> RecordReport:
+    def _resend(
+        self, report: RecordReport, claim: Claim, breaker: CircuitBreaker, route: Route
+    ) -> RecordReport:
         if claim.depth >= self._settings.max_resend_depth:
             refusal = loop_guard(
                 claim.depth, self._settings.max_resend_depth, claim.resend_of, claim.root_message_id
@@ -210,13 +240,13 @@ class Resender:
             return self._settle(
                 report, claim, outcome, "circuit open: Capillary failed repeatedly in this batch"
             )
-        result = self._capillary.resend(claim.message_id)
+        result = route.client.resend(claim.message_id)
         breaker.observe(result.verdict)
         if result.latency_ms is not None:
             report.metrics.append(Metric(MetricName.RESEND_LATENCY, result.latency_ms, "Milliseconds"))
         report.min_delay_seconds = result.retry_after_seconds or 0.0
         report.resent_message_id = result.resent_message_id
-        return self._settle(report, claim, Outcome.from_result(result), _describe(result))
+        return self._settle(report, claim, _outcome_for(route, result), _describe(result))
 
     def _skip(self, report: RecordReport, refusal: Refusal) -> RecordReport:
         """Record a refused record SKIPPED without a claim and without calling Capillary."""
@@ -273,8 +303,10 @@ class Resender:
         )
         return report
 
-    def _set_aside(self, poison: Poison) -> RecordReport:
-        report = RecordReport(poison.delivery, reason=poison.reason, metrics=[Metric(MetricName.POISON)])
+    def _set_aside(self, poison: Poison, message_id: int | None = None) -> RecordReport:
+        report = RecordReport(
+            poison.delivery, message_id=message_id, reason=poison.reason, metrics=[Metric(MetricName.POISON)]
+        )
         try:
             self._queues.keep_poison(
                 poison.delivery.body,
@@ -343,6 +375,21 @@ def _retry(report: RecordReport, reason: str, *, count: bool = True) -> RecordRe
     if count:
         report.metrics.append(Metric(MetricName.RETRYING))
     return report
+
+
+def _outcome_for(route: Route, result: ResendResult) -> Outcome:
+    """The outcome of Capillary's answer, recording the org it was sent for."""
+    outcome = Outcome.from_result(result)
+    if route.org_id is None:
+        return outcome
+    answered = None
+    if result.org_id is not None and result.org_id != route.org_id:
+        answered = result.org_id
+        logger.warning(
+            "Capillary answered for another org than the one the resend was sent for",
+            extra={"orgId": route.org_id, "answeredOrgId": result.org_id},
+        )
+    return replace(outcome, org_id=route.org_id, answered_org_id=answered)
 
 
 def _describe(result: ResendResult) -> str:

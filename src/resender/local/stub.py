@@ -197,7 +197,10 @@ class CapillaryStub:
         latency_seconds: float = 0.0,
         host: str = "127.0.0.1",
         port: int = 0,
+        org_id: int = ORG_ID,
     ) -> None:
+        # Each instance is one org on one cluster: a second org is a second stub, with its own credentials.
+        self.org_id = org_id
         self.latency_seconds = latency_seconds
         self.retry_after_seconds = 7
         self.hang_seconds = 30.0
@@ -427,7 +430,7 @@ class CapillaryStub:
             return _errors(status, code, message, headers)
         if behaviour is Behaviour.NOT_FOUND:
             # Capillary's published example puts this error under HTTP 200.
-            message = f"Message not found for orgId: {ORG_ID} and messageId: {message_id}"
+            message = f"Message not found for orgId: {self.org_id} and messageId: {message_id}"
             return _errors(200, 4223, f"Failed to resend message : {message}")
         if behaviour is Behaviour.TOKEN_EXPIRED:
             return _expired(datetime.now(UTC))
@@ -440,7 +443,7 @@ class CapillaryStub:
         ok = _json(
             200,
             {
-                "orgId": ORG_ID,
+                "orgId": self.org_id,
                 "undeliveredMessageId": message_id,
                 "resentMessageId": resent_id,
                 "warnings": [],
