@@ -52,6 +52,15 @@ def _message_id(text: str) -> int:
         ) from None
 
 
+def _org(text: str) -> int:
+    from resender.submit import SubmitError, parse_org
+
+    try:
+        return parse_org(text)
+    except SubmitError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def _status(text: str) -> Status:
     try:
         return Status(text.strip().upper())
@@ -154,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"outcomes per page (default 20, at most {LIST_LIMIT_MAX})",
     )
     listing.add_argument("--page-token", help="the nextPageToken printed by the previous page")
+    listing.add_argument("--org", type=_org, metavar="ORG", help="only outcomes recorded for this orgId")
 
     invoke = commands.add_parser(
         "invoke",
@@ -217,6 +227,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     resend.add_argument("--operator", help="who forces it (default: the local user name)")
     resend.add_argument("--reason", help="why it is forced, stored on the item")
+    resend.add_argument(
+        "--org",
+        type=_org,
+        metavar="ORG",
+        help="the orgId whose credentials send it (default: the orgId recorded on the item); needed "
+        "when the secret holds several orgs and the item names none",
+    )
     resend.add_argument("--verbose", action="store_true", help="also print the function's JSON log lines")
 
     submit = commands.add_parser(
@@ -365,6 +382,10 @@ def _status_command(args: argparse.Namespace) -> int:
         ("updatedAt", _cell(document.get("updatedAt"))),
         ("expiresAt", _cell(document.get("expiresAtIso"))),
     ]
+    if document.get("answeredOrgId") is not None:
+        rows.insert(5, ("answeredOrgId", f"{document['answeredOrgId']} (Capillary answered for this org)"))
+    if document.get("policy"):
+        rows.insert(3, ("policy", str(document["policy"])))
     if document["status"] == Status.IN_PROGRESS:
         live = float(document.get("leaseExpiresAt", 0)) > time.time()
         state = "live: being resent now" if live else "expired: the next delivery records UNCERTAIN"
@@ -405,16 +426,22 @@ def _list_command(args: argparse.Namespace) -> int:
 
     statuses = [args.status] if args.status else list(Status)
     page = list_outcomes(
-        _store(args), statuses, since=args.since, limit=args.limit, page_token=args.page_token
+        _store(args),
+        statuses,
+        since=args.since,
+        limit=args.limit,
+        page_token=args.page_token,
+        org_id=args.org,
     )
     if args.json:
         _print_json(page.to_json())
         return EXIT_OK
-    header = ("updatedAt", "messageId", "status", "attempts", "resentMessageId", "error")
+    header = ("updatedAt", "messageId", "orgId", "status", "attempts", "resentMessageId", "error")
     rows = [
         (
             _cell(item.get("updatedAt")),
             _cell(item.get("messageId")),
+            _cell(item.get("orgId")),
             _cell(item.get("status")),
             _cell(item.get("attempts")),
             _cell(item.get("resentMessageId")),
@@ -603,6 +630,7 @@ def _resend_command(args: argparse.Namespace) -> int:
         force=args.force,
         operator=operator_name(args.operator),
         reason=args.reason,
+        org_id=args.org,
     )
     if args.json:
         _print_json(report.to_json())

@@ -343,6 +343,7 @@ def list_outcomes(
     since: str | None = None,
     limit: int = 20,
     page_token: str | None = None,
+    org_id: int | None = None,
 ) -> Page:
     """Outcomes newest first (by ``updatedAt``, then ``messageId``), one page of ``limit``.
 
@@ -351,12 +352,16 @@ def list_outcomes(
     several partitions. Reading ``limit + 1`` items per status tells whether another page exists.
     """
     cursor = decode_page_token(page_token) if page_token else None
+    # ``org_id`` keeps only the outcomes recorded for that org (the item's ``orgId``).
     wanted = limit + 1
     candidates: list[dict[str, Any]] = []
     for status in statuses:
         taken: list[dict[str, Any]] = []
         for item in _newest_first(store, status, since, cursor[0] if cursor else None, wanted):
             if "status" not in item or not _before(item, cursor):
+                continue
+            # The index has no org key: other orgs' items are read and passed over, pages stay full.
+            if org_id is not None and item.get("orgId") != org_id:
                 continue
             # Items sharing one updatedAt come in no particular order, so a tie is read to its end.
             if len(taken) >= wanted and item["updatedAt"] != taken[-1]["updatedAt"]:
@@ -706,6 +711,7 @@ def manual_resend(
     operator: str,
     reason: str | None = None,
     clock: Callable[[], float] = time.time,
+    org_id: int | None = None,
 ) -> ResendReport:
     """Resend one message through the claim protocol; ``force`` overrides a settled or live status.
 
@@ -719,21 +725,27 @@ def manual_resend(
     current = store.get(message_id)
     previous = current.get("status") if current else None
     why_not = refusal(current, clock())
+    known_org = _int_or_none(current.get("orgId")) if current else None
+    org_id = org_id if org_id is not None else known_org
     if why_not is None:
-        return _through_processor(container, store, message_id, previous)
+        return _through_processor(container, store, message_id, previous, org_id)
     if not force:
         raise RefusedError(f"{why_not}; pass --force to resend anyway (recorded on the item as forced)")
     if current is None:  # a refusal always comes from an existing item; this keeps the types honest
         raise OperatorError(f"messageId {message_id} has no outcome to force")
-    return _forced(container, store, current, operator, reason)
+    return _forced(container, store, current, operator, reason, org_id=org_id)
 
 
 def _through_processor(
-    container: Container, store: OutcomeStore, message_id: int, previous: str | None
+    container: Container, store: OutcomeStore, message_id: int, previous: str | None, org_id: int | None
 ) -> ResendReport:
     from resender.observability import MetricName
 
-    delivery = Delivery(record_id=f"manual-{uuid.uuid4()}", body=json.dumps({"messageId": message_id}))
+    # The body is built here, with the id and org at the places the operator container reads them.
+    body: dict[str, Any] = {"messageId": message_id}
+    if org_id is not None:
+        body["orgId"] = org_id
+    delivery = Delivery(record_id=f"manual-{uuid.uuid4()}", body=json.dumps(body))
     (report,) = container.resender.process([delivery])
     if any(metric.name is MetricName.DUPLICATE for metric in report.metrics):
         raise RefusedError(
@@ -759,11 +771,21 @@ def _forced(
     current: Mapping[str, Any],
     operator: str,
     reason: str | None,
+    *,
+    org_id: int | None,
 ) -> ResendReport:
-    from resender.capillary import CapillaryClient
-    from resender.credentials import CredentialsProvider
+    from resender.credentials import SecretError
+    from resender.orgs import OrgRoutingError
+    from resender.processor import outcome_for
 
     settings = container.settings
+    try:
+        # The same org routing as a delivery's: never another org's credentials.
+        route = container.resender.route({"messageId": current["messageId"], "orgId": org_id})
+    except OrgRoutingError as error:
+        raise OperatorError(f"messageId {current['messageId']}: {error}; pass --org") from None
+    except SecretError as error:
+        raise OperatorError(f"messageId {current['messageId']}: nothing was sent: {error}") from None
     message_id = int(current["messageId"])
     previous = Status(current["status"])
     claim = store.force_claim(
@@ -781,18 +803,9 @@ def _forced(
             f"messageId {message_id} changed while forcing (another operator or delivery got there "
             f"first); nothing was sent. See resender status {message_id}"
         )
-    capillary = CapillaryClient(
-        settings.capillary_base_url,
-        CredentialsProvider(
-            container.clients.secretsmanager, settings.capillary_secret_id, settings.secret_max_age_seconds
-        ),
-        timeout_seconds=settings.capillary_timeout_seconds,
-        pool_size=1,
-        max_text_chars=settings.max_text_chars,
-    )
     # The loop guard is not applied: forcing a SKIPPED message is how an operator overrides it.
-    result = capillary.resend(message_id)
-    outcome = Outcome.from_result(result)
+    result = route.client.resend(message_id)
+    outcome = outcome_for(route, result)
     try:
         _record(store, claim, outcome)
     except ClaimLostError:
@@ -850,7 +863,16 @@ def build_operator_container(table: str | None, target: AwsTarget) -> Container:
     from resender.app import build_container
     from resender.settings import Settings
 
-    # The id is put in the body by this command, at the default place, whatever the feed uses.
-    settings = replace(Settings.from_env(_settings_environment(table)), message_id_path="messageId")
+    # The id and org are put in the body by this command, at the default places, whatever the feed uses;
+    # and an operator's explicit resend is not second-guessed by the feed's resend policy.
+    settings = replace(
+        Settings.from_env(_settings_environment(table)),
+        message_id_path="messageId",
+        org_id_path="orgId",
+        skip_reasons=(),
+        resend_channels=(),
+        resend_max_age_seconds=0,
+        skip_when="",
+    )
     with patched_environ(target.environment()):
         return build_container(settings)

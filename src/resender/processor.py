@@ -201,9 +201,13 @@ class Resender:
         return self._resend(report, claimed.claim, breakers.get(route.org_key), route)
 
     def _route(self, notice: Notice) -> Route:
+        return self.route(notice.payload)
+
+    def route(self, payload: object) -> Route:
+        """The org and Capillary client for a failure payload (see :class:`~resender.orgs.OrgRouter`)."""
         if self._orgs is None:
             return Route(DEFAULT_ORG_KEY, self._capillary)
-        return self._orgs.route(notice.payload)
+        return self._orgs.route(payload)
 
     @staticmethod
     def _taken(report: RecordReport, claimed: ClaimResult) -> RecordReport:
@@ -246,7 +250,7 @@ class Resender:
             report.metrics.append(Metric(MetricName.RESEND_LATENCY, result.latency_ms, "Milliseconds"))
         report.min_delay_seconds = result.retry_after_seconds or 0.0
         report.resent_message_id = result.resent_message_id
-        return self._settle(report, claim, _outcome_for(route, result), _describe(result))
+        return self._settle(report, claim, outcome_for(route, result), _describe(result))
 
     def _skip(self, report: RecordReport, refusal: Refusal) -> RecordReport:
         """Record a refused record SKIPPED without a claim and without calling Capillary."""
@@ -377,7 +381,7 @@ def _retry(report: RecordReport, reason: str, *, count: bool = True) -> RecordRe
     return report
 
 
-def _outcome_for(route: Route, result: ResendResult) -> Outcome:
+def outcome_for(route: Route, result: ResendResult) -> Outcome:
     """The outcome of Capillary's answer, recording the org it was sent for."""
     outcome = Outcome.from_result(result)
     if route.org_id is None:

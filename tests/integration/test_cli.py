@@ -29,7 +29,7 @@ from tests.builders import failure, sqs_event
 
 EVENTS = Path(__file__).resolve().parents[2] / "events"
 ID = 1746061653596
-SUBCOMMANDS = ("status", "list", "invoke", "redrive", "resend", "demo")
+SUBCOMMANDS = ("status", "list", "invoke", "redrive", "resend", "submit", "demo")
 
 
 @dataclass(frozen=True)
@@ -402,8 +402,16 @@ def test_list_pages_through_everything_once(run, local_aws) -> None:
     result = run("list", "--table", local_aws.table_name, "--limit", "2")
     assert result.code == 0, result.err
     lines = result.out.splitlines()
-    assert lines[0].split() == ["updatedAt", "messageId", "status", "attempts", "resentMessageId", "error"]
-    assert lines[2].split()[:3] == ["2026-01-01T00:00:05.000Z", "6", "SKIPPED"]
+    assert lines[0].split() == [
+        "updatedAt",
+        "messageId",
+        "orgId",
+        "status",
+        "attempts",
+        "resentMessageId",
+        "error",
+    ]
+    assert lines[2].split()[:4] == ["2026-01-01T00:00:05.000Z", "6", "-", "SKIPPED"]
     assert "2 outcome(s)" in result.out
     token = lines[-1].removeprefix("more: add --page-token ")
     following = run("list", "--table", local_aws.table_name, "--limit", "2", "--page-token", token, "--json")

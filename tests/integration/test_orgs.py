@@ -188,3 +188,24 @@ def test_a_single_org_secret_ignores_org_ids(function_env, invoke, stub, outcome
     assert [c.message_id for c in stub.resend_calls] == [ID]
     assert outcome(ID)["orgId"] == ORG_A  # as Capillary answered; no answeredOrgId
     assert "answeredOrgId" not in outcome(ID)
+
+
+def test_operators_list_by_org_see_the_org_and_resend_with_its_credentials(
+    two_orgs, invoke, stub, second_org, outcome, capsys
+) -> None:
+    invoke(sqs_event(failure(ID, orgId=ORG_A), failure(ID + 1, orgId=ORG_B), failure(ID + 2, orgId=ORG_B)))
+    capsys.readouterr()
+
+    assert cli.main(["list", "--org", str(ORG_B), "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)["items"]
+    assert sorted(item["messageId"] for item in listed) == [ID + 1, ID + 2]
+    assert cli.main(["status", str(ID + 1)]) == 0
+    shown = dict(line.split(None, 1) for line in capsys.readouterr().out.splitlines() if line.strip())
+    assert shown["orgId"].strip() == str(ORG_B)
+
+    # A forced resend goes with the recorded org's credentials, to that org's cluster.
+    assert cli.main(["resend", str(ID + 1), "--force", "--reason", "customer asked", "--json"]) == 0
+    calls = [c.message_id for c in second_org.resend_calls]
+    assert (sorted(calls[:2]), calls[2:]) == ([ID + 1, ID + 2], [ID + 1])
+    assert [c.message_id for c in stub.resend_calls] == [ID]
+    assert outcome(ID + 1)["orgId"] == ORG_B
