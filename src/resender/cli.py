@@ -774,6 +774,8 @@ def _submit_command(args: argparse.Namespace) -> int:
 
 #: Failures that exhausted their retries in the demo's dead-letter queue, as SQS would have moved them there.
 DEMO_DLQ_IDS = (1746061653700, 1746061653701)
+#: Failed messages of the second org that the tour feeds in with ``resender submit``.
+DEMO_SUBMIT_IDS = (1746061653800, 1746061653801, 1746061653802)
 
 
 def _demo_command(args: argparse.Namespace) -> int:
@@ -792,6 +794,7 @@ def _operator_tour(events_dir: Path) -> int:
     """Each operator subcommand once, with the exit code it is expected to give."""
     from resender.local.demo import event_files
     from resender.local.runner import invoke, load_event, local_stack
+    from resender.local.stub import ORG_ID
     from resender.operations import AwsTarget, list_outcomes
     from resender.store import OutcomeStore
 
@@ -813,20 +816,89 @@ def _operator_tour(events_dir: Path) -> int:
             (["resend", str(resent)], EXIT_USAGE),  # refused: already RESENT, and --force exists
             (["redrive", "--dry-run"], EXIT_OK),
             (["redrive", "--max", "1"], EXIT_OK),
-            (["resend", str(DEMO_DLQ_IDS[1])], EXIT_OK),
+            # The local secret holds two orgs, and a bare id names none: --org says whose it is.
+            (["resend", str(DEMO_DLQ_IDS[1]), "--org", str(ORG_ID)], EXIT_OK),
             (["list", "--status", "NOT_FOUND", "--json"], EXIT_OK),
         ]
-        unexpected = 0
-        for argv, expected in steps:
-            print(f"\n$ resender {' '.join(argv)}", flush=True)
-            code = main(argv)
-            sys.stderr.flush()
-            print(f"(exit {code})", flush=True)
-            unexpected += code != expected
+        unexpected = _run_steps(steps)
+        # Feeding failures in: a list with a duplicate and a bad line, for the second org, then the
+        # function consumes what landed in the queue, and the second org's outcomes are listed.
+        queue = stack.resources.queue_url
+        submitted = [str(message_id) for message_id in DEMO_SUBMIT_IDS]
+        org = str(stack.second_org.org_id)
+        unexpected += _run_steps(
+            [
+                (
+                    [
+                        "submit",
+                        "--ids",
+                        *submitted,
+                        submitted[0],
+                        "--org",
+                        org,
+                        "--queue-url",
+                        queue,
+                        "--dry-run",
+                    ],
+                    0,
+                ),
+                (
+                    ["submit", "--ids", *submitted, submitted[0], "12ab", "--org", org, "--queue-url", queue],
+                    1,
+                ),
+            ]
+        )
+        consumed = _consume_queue(sqs, queue)
+        print(f"\n(the function consumed {consumed} notification(s) from the queue)", flush=True)
+        unexpected += _run_steps([(["list", "--org", org], EXIT_OK)])
     if unexpected:
         print(f"{unexpected} operator command(s) gave an unexpected exit code")
         return EXIT_NOT_FOUND
     return EXIT_OK
+
+
+def _run_steps(steps: Sequence[tuple[list[str], int]]) -> int:
+    """Run each command as an operator would type it; how many gave an unexpected exit code."""
+    unexpected = 0
+    for argv, expected in steps:
+        print(f"\n$ resender {' '.join(argv)}", flush=True)
+        code = main(argv)
+        sys.stderr.flush()
+        print(f"(exit {code})", flush=True)
+        unexpected += code != expected
+    return unexpected
+
+
+def _consume_queue(sqs: Any, queue_url: str) -> int:
+    """Hand what the queue holds to the function, as the SQS event source would; how many records."""
+    from resender.local.runner import invoke
+
+    consumed = 0
+    while messages := sqs.receive_message(
+        QueueUrl=queue_url, MaxNumberOfMessages=10, AttributeNames=["All"], VisibilityTimeout=60
+    ).get("Messages", []):
+        records = [
+            {
+                "messageId": message["MessageId"],
+                "receiptHandle": message["ReceiptHandle"],
+                "body": message["Body"],
+                "attributes": message.get("Attributes", {}),
+                "messageAttributes": {},
+                "eventSource": "aws:sqs",
+                "eventSourceARN": sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])[
+                    "Attributes"
+                ]["QueueArn"],
+                "awsRegion": "us-east-1",
+            }
+            for message in messages
+        ]
+        response = invoke({"Records": records}, "submitted")
+        failed = {item["itemIdentifier"] for item in (response.response or {}).get("batchItemFailures", [])}
+        for message in messages:
+            if message["MessageId"] not in failed:
+                sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
+        consumed += len(messages)
+    return consumed
 
 
 def _reset_emulator() -> None:

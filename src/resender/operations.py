@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from mypy_boto3_sqs.type_defs import MessageTypeDef
 
     from resender.app import Container
+    from resender.orgs import Route
 
 #: Environment variables the command shares with the function (same names, same meaning).
 TABLE_ENV: Final = "OUTCOMES_TABLE"
@@ -745,6 +746,7 @@ def _through_processor(
     body: dict[str, Any] = {"messageId": message_id}
     if org_id is not None:
         body["orgId"] = org_id
+    _check_route(container, body)
     delivery = Delivery(record_id=f"manual-{uuid.uuid4()}", body=json.dumps(body))
     (report,) = container.resender.process([delivery])
     if any(metric.name is MetricName.DUPLICATE for metric in report.metrics):
@@ -765,6 +767,20 @@ def _through_processor(
     )
 
 
+def _check_route(container: Container, body: Mapping[str, Any]) -> Route:
+    """The org routing a delivery of ``body`` would get, or why nothing can be sent (before any claim)."""
+    from resender.credentials import SecretError
+    from resender.orgs import OrgRoutingError
+
+    try:
+        # The same routing as a delivery's: never another org's credentials.
+        return container.resender.route(body)
+    except OrgRoutingError as error:
+        raise OperatorError(f"messageId {body['messageId']}: {error}; pass --org") from None
+    except SecretError as error:
+        raise OperatorError(f"messageId {body['messageId']}: nothing was sent: {error}") from None
+
+
 def _forced(
     container: Container,
     store: OutcomeStore,
@@ -774,18 +790,10 @@ def _forced(
     *,
     org_id: int | None,
 ) -> ResendReport:
-    from resender.credentials import SecretError
-    from resender.orgs import OrgRoutingError
     from resender.processor import outcome_for
 
     settings = container.settings
-    try:
-        # The same org routing as a delivery's: never another org's credentials.
-        route = container.resender.route({"messageId": current["messageId"], "orgId": org_id})
-    except OrgRoutingError as error:
-        raise OperatorError(f"messageId {current['messageId']}: {error}; pass --org") from None
-    except SecretError as error:
-        raise OperatorError(f"messageId {current['messageId']}: nothing was sent: {error}") from None
+    route = _check_route(container, {"messageId": current["messageId"], "orgId": org_id})
     message_id = int(current["messageId"])
     previous = Status(current["status"])
     claim = store.force_claim(

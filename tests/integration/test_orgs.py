@@ -4,16 +4,26 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import boto3
 import pytest
 
 from resender import app, cli
+from resender.local.runner import (
+    LOCAL_POLICY_ENV,
+    SECOND_ORG_FIRST_RESENT_ID,
+    SECOND_ORG_ID,
+    SECOND_ORG_SECRET,
+    load_event,
+    local_secret,
+)
 from resender.local.stub import CapillaryStub
 from resender.queues import POISON_REASON_ATTRIBUTE
 from tests.builders import failure, sqs_event
 
 ID = 1746061653596
+EVENTS = Path(__file__).resolve().parents[2] / "events"
 ORG_A, ORG_B = 100737, 200002
 ORG_B_OAUTH = {"authType": "oauth", "clientKey": "org-b-key", "clientSecret": "org-b-secret"}
 
@@ -101,7 +111,7 @@ def test_poison_of_an_unknown_org_is_resent_after_the_secret_is_fixed_and_redriv
     two_orgs, invoke, stub, second_org, outcome, set_secret, local_aws, capsys
 ) -> None:
     invoke(sqs_event(failure(ID, orgId=300003)))
-    third = CapillaryStub(org_id=300003)
+    third = CapillaryStub(org_id=300003, first_resent_id=1_749_000_000_000)
     with third:
         set_secret(
             {
@@ -209,3 +219,27 @@ def test_operators_list_by_org_see_the_org_and_resend_with_its_credentials(
     assert (sorted(calls[:2]), calls[2:]) == ([ID + 1, ID + 2], [ID + 1])
     assert [c.message_id for c in stub.resend_calls] == [ID]
     assert outcome(ID + 1)["orgId"] == ORG_B
+
+
+def test_the_second_org_sample_goes_to_the_second_org_and_the_others_to_the_first(
+    function_env, invoke, stub, set_secret, outcome, monkeypatch
+) -> None:
+    second = CapillaryStub(
+        org_id=SECOND_ORG_ID,
+        client_key=SECOND_ORG_SECRET["clientKey"],
+        client_secret=SECOND_ORG_SECRET["clientSecret"],
+        first_resent_id=SECOND_ORG_FIRST_RESENT_ID,
+    )
+    with second:
+        set_secret(local_secret(second.base_url))
+        for variable, value in LOCAL_POLICY_ENV.items():
+            monkeypatch.setenv(variable, value)
+        app.reset_container()
+
+        invoke(load_event(EVENTS / "sqs-second-org.json"))
+        invoke(load_event(EVENTS / "sqs-plain.json"))
+
+        assert [(c.message_id, c.auth) for c in second.resend_calls] == [(1746061653620, "oauth")]
+    assert [(c.message_id, c.auth) for c in stub.resend_calls] == [(ID, "basic")]
+    assert outcome(1746061653620)["orgId"] == SECOND_ORG_ID
+    assert outcome(ID)["orgId"] == ORG_A  # no orgId in the payload: ORG_ID_PATH's default org

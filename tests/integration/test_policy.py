@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import pytest
 
 from resender import app
+from resender.events import MessageIdParser, Notice, parse_event
+from resender.local.runner import LOCAL_POLICY_ENV, as_delivered_now
 from resender.observability import MetricName
-from resender.settings import DEFAULT_SKIP_REASONS, ConfigurationError
+from resender.policy import ResendPolicy
+from resender.settings import DEFAULT_SKIP_REASONS, ConfigurationError, Settings
 from tests.builders import failure, sns_envelope, sqs_event, sqs_record
 
 ID = 1746061653596
+EVENTS = Path(__file__).resolve().parents[2] / "events"
 
 
 def metric_totals(captured: str) -> dict[str, float]:
@@ -138,3 +143,47 @@ def test_an_invalid_skip_when_refuses_to_start(invoke, monkeypatch) -> None:
 
     with pytest.raises(ConfigurationError, match="SKIP_WHEN is not a valid JMESPath expression"):
         invoke(sqs_event(failure(ID)))
+
+
+# -- the sample events of each rule --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "rule"),
+    [
+        ("sqs-policy-reason.json", "reason"),
+        ("sqs-policy-channel.json", "channel"),
+        ("sqs-policy-age.json", "age"),
+        ("sqs-policy-skip-when.json", "skipWhen"),
+    ],
+)
+def test_each_policy_sample_is_skipped_by_its_rule(invoke, stub, outcome, monkeypatch, name, rule) -> None:
+    for variable, value in LOCAL_POLICY_ENV.items():
+        monkeypatch.setenv(variable, value)
+    app.reset_container()
+    event = as_delivered_now(json.loads((EVENTS / name).read_text()))
+    message_id = json.loads(event["Records"][0]["body"])["messageId"]
+
+    assert invoke(event) == {"batchItemFailures": []}
+
+    assert stub.resend_calls == []
+    assert outcome(message_id)["policy"] == rule
+
+
+def test_the_sam_local_settings_skip_the_age_sample_as_it_is(function_env, monkeypatch) -> None:
+    # Under `sam local invoke` the envelope times are the file's (2025); env.json allows ten years.
+    local = json.loads((EVENTS / "env.json").read_text())["ResenderFunction"]
+    settings = Settings.from_env({**function_env, **local})
+    rules = ResendPolicy.from_settings(settings)
+    parser = MessageIdParser()
+
+    def refusal(name: str) -> str | None:
+        _, deliveries = parse_event(json.loads((EVENTS / name).read_text()))
+        notice = parser.parse(deliveries[0])
+        assert isinstance(notice, Notice)
+        found = rules.evaluate(notice)
+        return None if found is None else found.rule
+
+    assert refusal("sqs-policy-age.json") == "age"
+    assert refusal("sqs-plain.json") is None
+    assert refusal("sqs-sns-envelope.json") is None

@@ -63,6 +63,11 @@ EVENT_FILES = [
     "sqs-eventbridge.json",
     "sqs-batch-duplicates.json",
     "sqs-poison.json",
+    "sqs-policy-reason.json",
+    "sqs-policy-channel.json",
+    "sqs-policy-age.json",
+    "sqs-policy-skip-when.json",
+    "sqs-second-org.json",
 ]
 # Only X-Ray's write actions are granted on "*": they accept no other resource.
 XRAY_MANAGED_POLICY = "AWSXRayDaemonWriteAccess"

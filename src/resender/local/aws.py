@@ -11,7 +11,7 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Final
@@ -129,7 +129,7 @@ def patched_environ(values: dict[str, str]) -> Iterator[None]:
                 os.environ[name] = value
 
 
-def provision(endpoint_url: str, secret: dict[str, str]) -> LocalResources:
+def provision(endpoint_url: str, secret: Mapping[str, Any]) -> LocalResources:
     """Create the outcomes table, the Capillary secret and the queues, as ``template.yaml`` does."""
     session = boto3.session.Session(
         aws_access_key_id=_FAKE_CREDENTIALS["AWS_ACCESS_KEY_ID"],

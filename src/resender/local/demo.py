@@ -12,7 +12,7 @@ from resender.events import MessageIdParser, Notice, parse_event
 from resender.local.runner import Invocation, LocalStack, invoke, load_event, local_stack
 from resender.queues import POISON_REASON_ATTRIBUTE
 
-COLUMNS = ("event file", "messageId", "status", "resentMessageId", "reason")
+COLUMNS = ("event file", "messageId", "orgId", "status", "resentMessageId", "reason")
 
 
 def default_events_dir() -> Path:
@@ -32,17 +32,18 @@ def outcome_rows(stack: LocalStack, invocation: Invocation, event: dict[str, Any
     for delivery in deliveries:
         parsed = parser.parse(delivery)
         if not isinstance(parsed, Notice):
-            rows.append((invocation.event_file, "-", "POISON -> DLQ", "-", parsed.reason))
+            rows.append((invocation.event_file, "-", "-", "POISON -> DLQ", "-", parsed.reason))
             continue
         item = dynamodb.get_item(
             TableName=stack.resources.table_name, Key={"messageId": {"N": str(parsed.message_id)}}
         ).get("Item", {})
         status = item.get("status", {}).get("S", "-")
         resent = item.get("resentMessageId", {}).get("N", "-")
+        org = item.get("orgId", {}).get("N", "-")
         reason = item.get("errorMessage", {}).get("S", "")
         if invocation.error:
             reason = f"invocation failed: {invocation.error}"
-        rows.append((invocation.event_file, str(parsed.message_id), status, resent, reason))
+        rows.append((invocation.event_file, str(parsed.message_id), org, status, resent, reason))
     return rows
 
 
@@ -73,17 +74,25 @@ def run_demo(events_dir: Path | None = None, out: TextIO | None = None) -> int:
             event = load_event(path)
             rows.extend(outcome_rows(stack, invoke(event, path.name), event))
         # A replay of every file: the outcomes table must turn all of them into acknowledged duplicates.
-        performed_before = stack.stub.resends_performed()
+        stubs = (stack.stub, stack.second_org)
+        performed_before = sum(stub.resends_performed() for stub in stubs)
         dlq_count = _dead_letter_count(stack)
         replays = [invoke(load_event(path), path.name) for path in files]
         replay_failures = [invocation for invocation in replays if invocation.error]
-        replayed_resends = stack.stub.resends_performed() - performed_before
+        replayed_resends = sum(stub.resends_performed() for stub in stubs) - performed_before
         print(render_table(rows), file=out)
         print(file=out)
-        ids = {call.message_id for call in stack.stub.resend_calls if call.performed}
+        ids = {call.message_id for stub in stubs for call in stub.resend_calls if call.performed}
         print(
             f"Capillary performed {performed_before} resend(s) for {len(ids)} distinct messageId(s); "
             f"replaying every file caused {replayed_resends} more.",
+            file=out,
+        )
+        print(
+            f"Org {stack.second_org.org_id} was served by its own cluster at {stack.second_org.base_url} "
+            f"with its own OAuth client: {stack.second_org.resends_performed()} resend(s); org "
+            f"{stack.stub.org_id}: {stack.stub.resends_performed()}. Skipped by the resend policy: "
+            f"{sum(row[3] == 'SKIPPED' and row[5].startswith('policy:') for row in rows)}.",
             file=out,
         )
         print(

@@ -16,10 +16,21 @@ from pathlib import Path
 from typing import Any
 
 from resender.local.aws import LocalResources, MotoServer, patched_environ, provision
-from resender.local.stub import CapillaryStub
+from resender.local.stub import ORG_ID, CapillaryStub
 
 #: Credentials the local stub accepts; the demo stores them in the emulated Secrets Manager.
 DEMO_SECRET = {"authType": "basic", "username": "store.server", "password": "server123"}
+#: The second org of the local stack: its own OAuth client, on a cluster (stub) of its own.
+SECOND_ORG_ID = 200002
+SECOND_ORG_SECRET = {"authType": "oauth", "clientKey": "org-200002-key", "clientSecret": "org-200002-secret"}
+SECOND_ORG_FIRST_RESENT_ID = 1_748_900_000_000
+#: What the local stack's function reads beyond the emulated resources: records that name no org belong to
+#: the first org, and two of the sample events exercise rules that are off by default.
+LOCAL_POLICY_ENV = {
+    "ORG_ID_PATH": f"orgId || `{ORG_ID}`",
+    "RESEND_CHANNELS": "SMS,EMAIL,WHATSAPP,PUSH",
+    "SKIP_WHEN": "contains(tags || `[]`, 'no-resend')",
+}
 #: Capillary's own documentation uses this id for a message that does not exist (answer 4223).
 DOCUMENTED_NOT_FOUND_ID = 174606165
 
@@ -119,20 +130,40 @@ def invoke(event: dict[str, Any], event_file: str = "<event>", timeout_seconds: 
 @dataclass
 class LocalStack:
     resources: LocalResources
-    stub: CapillaryStub
+    stub: CapillaryStub  # org 100737, at CAPILLARY_BASE_URL
+    second_org: CapillaryStub  # org 200002, at the baseUrl the secret gives it
+
+
+def local_secret(second_org_base_url: str) -> dict[str, Any]:
+    """A several-orgs secret: the first org on CAPILLARY_BASE_URL, the second on a cluster of its own."""
+    return {
+        "orgs": {
+            str(ORG_ID): DEMO_SECRET,
+            str(SECOND_ORG_ID): {**SECOND_ORG_SECRET, "baseUrl": second_org_base_url},
+        }
+    }
 
 
 @contextmanager
 def local_stack(latency_seconds: float = 0.0) -> Iterator[LocalStack]:
-    """Emulated AWS and a Capillary stub, with the function's environment pointed at both."""
+    """Emulated AWS and two orgs' Capillary stubs, with the function's environment pointed at them."""
     from resender.app import reset_container
 
-    with MotoServer() as moto, CapillaryStub(latency_seconds=latency_seconds) as stub:
+    second = CapillaryStub(
+        org_id=SECOND_ORG_ID,
+        username="org-200002-till",
+        password="org-200002-password",  # noqa: S106 - a local stub's credentials
+        client_key=SECOND_ORG_SECRET["clientKey"],
+        client_secret=SECOND_ORG_SECRET["clientSecret"],
+        latency_seconds=latency_seconds,
+        first_resent_id=SECOND_ORG_FIRST_RESENT_ID,
+    )
+    with MotoServer() as moto, CapillaryStub(latency_seconds=latency_seconds) as stub, second:
         stub.not_found_ids.add(DOCUMENTED_NOT_FOUND_ID)
-        resources = provision(moto.endpoint_url, DEMO_SECRET)
-        with patched_environ(resources.environment(stub.base_url)):
+        resources = provision(moto.endpoint_url, local_secret(second.base_url))
+        with patched_environ({**resources.environment(stub.base_url), **LOCAL_POLICY_ENV}):
             reset_container()
             try:
-                yield LocalStack(resources, stub)
+                yield LocalStack(resources, stub, second)
             finally:
                 reset_container()

@@ -198,6 +198,7 @@ class CapillaryStub:
         host: str = "127.0.0.1",
         port: int = 0,
         org_id: int = ORG_ID,
+        first_resent_id: int = _FIRST_RESENT_ID,
     ) -> None:
         # Each instance is one org on one cluster: a second org is a second stub, with its own credentials.
         self.org_id = org_id
@@ -218,7 +219,8 @@ class CapillaryStub:
         self._fail_next: deque[Behaviour] = deque()
         self._tokens: dict[str, _Token] = {}
         self._token_requests = 0
-        self._last_resent_id = _FIRST_RESENT_ID
+        # Capillary's message ids are unique across orgs: a second org's stub is given ids of its own.
+        self._last_resent_id = first_resent_id
         self._host = host
         # Binding here rather than in start() makes base_url usable before the server runs.
         self._server: _Server | None = _Server((host, port), self)
