@@ -6,11 +6,8 @@ STAMP := $(VENV)/.installed
 
 .PHONY: help install test unit integration lint format demo bench fuzz validate build clean
 
-help:
-	@echo "make demo      run the resender end to end against emulated AWS and a local Capillary stub"
-	@echo "make test      lint, type-check and run the whole test suite"
-	@echo "make lint      ruff check, ruff format --check and mypy --strict"
-	@echo "make bench     print throughput, request and cold-start figures"
+help:  ## list every target
+	@awk -F':.*## ' '/^[a-z][a-z-]*:.*## / {printf "make %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,40 +15,40 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-install: $(STAMP)
+install: $(STAMP)  ## create .venv and install the package with its development tools
 
-lint: $(STAMP)
+lint: $(STAMP)  ## ruff check, ruff format --check and mypy --strict
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
 
-format: $(STAMP)
+format: $(STAMP)  ## format the code and apply ruff's safe fixes
 	$(BIN)/ruff format src tests bench
 	$(BIN)/ruff check --fix src tests bench
 
-test: lint
+test: lint  ## lint, type-check and run the whole test suite
 	$(BIN)/python -m pytest
 
-unit: $(STAMP)
+unit: $(STAMP)  ## run the unit tests only
 	$(BIN)/python -m pytest tests/unit
 
-integration: $(STAMP)
+integration: $(STAMP)  ## run the integration tests only (moto server and the Capillary stub)
 	$(BIN)/python -m pytest tests/integration
 
-demo: $(STAMP)
+demo: $(STAMP)  ## run the resender end to end against emulated AWS and a local Capillary stub
 	$(BIN)/resender demo
 
-clean:
+clean:  ## remove the virtual environment, caches and SAM build output
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .aws-sam
 
-validate:
+validate:  ## sam validate --lint and checkov on template.yaml, each in its own virtual environment
 	bash tools/validate.sh
 
-build:
+build:  ## sam build: the Lambda artefact under .aws-sam/
 	bash tools/build.sh
 
-fuzz: $(STAMP)
+fuzz: $(STAMP)  ## property-based fuzzing with FUZZ_EXAMPLES examples per property (default 10000)
 	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-10000} $(BIN)/python -m pytest tests/unit/test_fuzz.py -q -p no:cacheprovider --hypothesis-show-statistics
 
-bench: $(STAMP)
+bench: $(STAMP)  ## print throughput, request and cold-start figures (BENCH_ARGS to choose)
 	$(BIN)/python -m bench.run $(BENCH_ARGS)

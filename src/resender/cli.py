@@ -122,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="resender", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
     aws, table, queues = _aws_options(), _table_option(), _queue_options()
 
@@ -233,6 +234,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--verbose", action="store_true", help="also print the function's JSON log lines")
     return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("communication-resender")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
 
 
 # -- entry point ---------------------------------------------------------------------------------------
@@ -389,11 +399,22 @@ def _list_command(args: argparse.Namespace) -> int:
 
 def _invoke_command(args: argparse.Namespace) -> int:
     from resender.local.aws import patched_environ
-    from resender.local.runner import load_event
+    from resender.local.runner import is_env_vars_file, load_event
     from resender.operations import AwsTarget, OperatorError, load_env_vars
 
     _quiet(args.verbose)
-    events = [(path.name, load_event(path)) for path in args.event_files]
+    events: list[tuple[str, dict[str, Any]]] = []
+    skipped: list[Path] = []
+    for path in args.event_files:
+        document = load_event(path)
+        if is_env_vars_file(document):
+            skipped.append(path)
+        else:
+            events.append((path.name, document))
+    if not events:
+        raise OperatorError("no event files to invoke (every file given is an --env-vars file)")
+    for path in skipped:
+        print(f"resender: skipped {path}: an --env-vars file, not an event", file=sys.stderr)
     if args.local:
         chosen = [
             flag for flag in ("table", "profile", "region", "endpoint_url", "env_vars") if getattr(args, flag)

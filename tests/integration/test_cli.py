@@ -504,6 +504,46 @@ def test_invoke_local_starts_its_own_emulated_aws_and_stub(run, fresh_moto) -> N
     assert {row["status"] for row in poison["outcomes"]} == {"POISON"}
 
 
+def test_invoke_local_of_the_events_glob_skips_the_env_vars_file(run, fresh_moto) -> None:
+    files = sorted(str(path) for path in EVENTS.glob("*.json"))  # what the shell makes of events/*.json
+    assert any(path.endswith("env.json") for path in files)
+
+    result = run("invoke", "--local", *files, "--json")
+
+    assert result.code == 0, result.err
+    invoked = {document["eventFile"] for document in result.json()["invocations"]}
+    assert invoked == {Path(path).name for path in files} - {"env.json"}
+    assert "skipped" in result.err
+    assert "env.json" in result.err
+
+
+def test_invoke_of_a_file_that_is_not_json_names_the_file(run, tmp_path) -> None:
+    broken = tmp_path / "broken-event.json"
+    broken.write_text('{"Records": [', encoding="utf-8")
+
+    result = run("invoke", "--local", str(broken))
+
+    assert_one_line_error(result, 2)
+    assert "broken-event.json" in result.err
+    assert "not valid JSON" in result.err
+
+
+def test_invoke_of_only_an_env_vars_file_is_a_usage_error(run) -> None:
+    result = run("invoke", "--local", str(EVENTS / "env.json"))
+
+    assert_one_line_error(result, 2)
+    assert "no event files" in result.err
+
+
+def test_version_prints_the_installed_version(run) -> None:
+    from importlib.metadata import version
+
+    result = run("--version")
+
+    assert result.code == 0
+    assert result.out.strip() == f"resender {version('communication-resender')}"
+
+
 def test_invoke_local_refuses_aws_options(run) -> None:
     result = run("invoke", "--local", "--endpoint-url", "http://127.0.0.1:9", str(EVENTS / "sqs-plain.json"))
 
