@@ -456,7 +456,10 @@ def _invocations(events: Sequence[tuple[str, dict[str, Any]]], target: AwsTarget
             "eventFile": invocation.event_file,
             "response": invocation.response,
             "error": invocation.error,
-            "outcomes": [row.to_json() for row in record_outcomes(event, store, message_id_path)],
+            # A failed invocation produced no outcome: whatever the table holds came from elsewhere.
+            "outcomes": []
+            if invocation.error
+            else [row.to_json() for row in record_outcomes(event, store, message_id_path)],
         }
         for invocation, event in results
     ]

@@ -28,6 +28,7 @@ import botocore.loaders
 import botocore.session
 from botocore.exceptions import BotoCoreError, ClientError
 
+from resender.aws import region_from_environment
 from resender.events import Delivery, MessageIdParser, Notice, parse_event
 from resender.local.aws import patched_environ
 from resender.models import FINAL_STATUSES, Status
@@ -104,7 +105,7 @@ class AwsTarget:
             loader = _shared_loader()
             core.register_component("data_loader", loader)
             # The AWS CLI (v2) reads AWS_REGION before AWS_DEFAULT_REGION; botocore reads only the latter.
-            region = self.region or os.environ.get("AWS_REGION") or None
+            region = self.region or region_from_environment()
             session = boto3.session.Session(
                 botocore_session=core, profile_name=self.profile, region_name=region
             )

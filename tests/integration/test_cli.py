@@ -25,7 +25,7 @@ from resender.observability import logger as resender_logger
 from resender.operations import AwsTarget, parse_since
 from resender.queues import POISON_REASON_ATTRIBUTE
 from resender.store import OutcomeStore
-from tests.builders import failure, sqs_event
+from tests.builders import failure, sns_event, sqs_event
 
 EVENTS = Path(__file__).resolve().parents[2] / "events"
 ID = 1746061653596
@@ -272,6 +272,34 @@ def test_region_is_resolved_as_the_aws_cli_does(monkeypatch) -> None:
     assert AwsTarget().dynamodb().meta.region_name == "eu-central-1"
 
 
+@pytest.mark.parametrize("how", ["AWS_REGION", "AWS_DEFAULT_REGION", "--region"])
+@pytest.mark.parametrize("command", ["status", "list", "resend", "invoke"])
+def test_every_subcommand_resolves_the_region_the_same_way(
+    run, function_env, stub, monkeypatch, command, how
+) -> None:
+    monkeypatch.delenv("AWS_REGION", raising=False)
+    monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)
+    region_options: list[str] = []
+    if how == "--region":
+        region_options = ["--region", "us-east-1"]
+    else:
+        monkeypatch.setenv(how, "us-east-1")
+    argv = {
+        "status": ["status", str(ID)],
+        "list": ["list"],
+        "resend": ["resend", str(ID)],
+        "invoke": ["invoke", str(EVENTS / "sqs-plain.json")],
+    }[command]
+
+    result = run(*argv, *region_options, "--json")
+
+    assert "region" not in result.err.lower(), result.err
+    # status of an id nobody failed yet is "not found" (1); the others succeed.
+    assert result.code == (1 if command == "status" else 0), result.err
+    if command == "resend":
+        assert stub.resends_performed(ID) == 1
+
+
 # -- status --------------------------------------------------------------------------------------------
 
 
@@ -484,6 +512,24 @@ def test_invoke_without_configuration_is_a_configuration_error(run, tmp_path, mo
 
     assert_one_line_error(result, 2)
     assert "CAPILLARY" in result.err
+
+
+def test_a_failed_invocation_prints_no_outcome_it_did_not_produce(run, function_env, stub, tmp_path) -> None:
+    resent = tmp_path / "resent.json"
+    resent.write_text(json.dumps(sqs_event(failure(ID))))
+    assert run("invoke", str(resent)).code == 0
+    # The same id again, in an event the handler refuses as a whole (records of two sources).
+    mixed = sqs_event(failure(ID))
+    mixed["Records"].append(sns_event(failure(ID + 1))["Records"][0])
+    refused = tmp_path / "refused.json"
+    refused.write_text(json.dumps(mixed))
+
+    result = run("invoke", str(refused), "--json")
+
+    assert result.code == 1
+    (document,) = result.json()["invocations"]
+    assert document["error"]
+    assert document["outcomes"] == []  # the table's RESENT row is the earlier invocation's, not this one's
 
 
 def test_invoke_of_a_missing_file_is_a_usage_error(run, tmp_path) -> None:
