@@ -1,6 +1,8 @@
 """The resender command: answer operators' questions, redrive the DLQ, resend by hand, run locally.
 
-Exit codes: 0 done, 1 not found, 2 usage, configuration or AWS error (one line on stderr, no traceback).
+Exit codes: 0 done, 1 not found, 2 usage, configuration or AWS error (one line on stderr, no traceback);
+resend only: 3 Capillary answered without resending (NOT_FOUND, REJECTED, UNCERTAIN, or a refusal to do it
+now), 4 Capillary was never reached (credentials, network, circuit breaker), so nothing was sent.
 AWS is chosen as the AWS CLI chooses it (--profile/--region/--endpoint-url, else AWS_PROFILE, AWS_REGION,
 AWS_ENDPOINT_URL and the profile's settings); the table and queues come from options or the function's own
 environment variables.
@@ -25,6 +27,8 @@ if TYPE_CHECKING:
 EXIT_OK = 0
 EXIT_NOT_FOUND = 1
 EXIT_USAGE = 2
+EXIT_NOT_RESENT = 3
+EXIT_UNREACHED = 4
 EXIT_INTERRUPTED = 130
 
 LIST_LIMIT_MAX = 1000
@@ -205,7 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
         "Refused (exit 2) when it is already RESENT, UNCERTAIN or otherwise settled, or being resent "
         "right now, unless --force; a forced resend is recorded on the item (forced, forcedFrom, "
         "forcedBy, forcedAt). Needs the function's settings: OUTCOMES_TABLE, CAPILLARY_SECRET_ID, "
-        "CAPILLARY_BASE_URL. Exit 0 once Capillary answered, whatever it answered: the status says.",
+        "CAPILLARY_BASE_URL. Exit 0 only when it was resent; 3 when Capillary answered without "
+        "resending (NOT_FOUND, REJECTED, UNCERTAIN, or not now); 4 when Capillary was never reached "
+        "(the secret, the network or the circuit breaker), so nothing was sent; 2 when refused.",
     )
     resend.add_argument("message_id", type=_message_id, metavar="MESSAGE_ID")
     resend.add_argument(
@@ -583,9 +589,10 @@ def _resend_command(args: argparse.Namespace) -> int:
         operator=operator_name(args.operator),
         reason=args.reason,
     )
+    code = resend_exit_code(report.status, reached=report.reached_capillary)
     if args.json:
         _print_json(report.to_json())
-        return EXIT_OK
+        return code
     forced = " (forced)" if report.forced else ""
     print(
         f"messageId {report.message_id}: {report.previous_status or 'no outcome'} -> {report.status}{forced}"
@@ -593,9 +600,26 @@ def _resend_command(args: argparse.Namespace) -> int:
     print(report.reason)
     if report.resent_message_id is not None:
         print(f"resentMessageId {report.resent_message_id}")
-    if report.status == Status.RETRYING:
-        print(f"Capillary failed transiently; run resender resend {report.message_id} again later.")
-    return EXIT_OK
+    if code == EXIT_UNREACHED:
+        print(
+            f"Capillary was not reached, so nothing was sent; fix the cause above, then run "
+            f"resender resend {report.message_id} again.",
+            file=sys.stderr,
+        )
+    elif report.status == Status.RETRYING:
+        print(
+            f"Capillary answered that it did not resend it now; run resender resend {report.message_id} "
+            "again later.",
+            file=sys.stderr,
+        )
+    return code
+
+
+def resend_exit_code(status: str, *, reached: bool) -> int:
+    """0 only for a resend; 3 when Capillary answered without resending; 4 when it was never reached."""
+    if status == Status.RESENT:
+        return EXIT_OK
+    return EXIT_NOT_RESENT if reached else EXIT_UNREACHED
 
 
 # -- demo ----------------------------------------------------------------------------------------------

@@ -651,6 +651,15 @@ class ResendReport:
     resent_message_id: int | None = None
     outcome: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def reached_capillary(self) -> bool:
+        """Whether the request got to Capillary: it answered (an HTTP status), or may have (UNCERTAIN).
+
+        A RETRYING outcome without an HTTP status never left this side: the secret could not be read, the
+        connection was refused, or the circuit breaker held the call back.
+        """
+        return self.status != Status.RETRYING or "httpStatus" in self.outcome
+
     def to_json(self) -> dict[str, Any]:
         return {
             "messageId": self.message_id,
@@ -658,6 +667,7 @@ class ResendReport:
             "status": self.status,
             "forced": self.forced,
             "resentMessageId": self.resent_message_id,
+            "reachedCapillary": self.reached_capillary,
             "reason": self.reason,
             "outcome": public(self.outcome),
         }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -929,7 +930,7 @@ def test_resend_of_a_stale_claim_follows_the_protocol_into_uncertain(
 
     result = run("resend", str(ID))
 
-    assert result.code == 0, result.err
+    assert result.code == 3, result.err  # not resent: the protocol settled it UNCERTAIN
     assert "IN_PROGRESS -> UNCERTAIN" in result.out
     assert stub.resend_calls == []
 
@@ -955,14 +956,61 @@ def test_resend_keeps_the_loop_guard_unless_forced(run, function_env, stub, loca
     assert stub.resends_performed(ID) == 1
 
 
-def test_resend_reports_what_capillary_answered(run, function_env, stub) -> None:
-    stub.script(ID, Behaviour.REJECTED)
+@pytest.mark.parametrize(
+    ("behaviour", "status"),
+    [
+        (Behaviour.REJECTED, "REJECTED"),
+        (Behaviour.NOT_FOUND, "NOT_FOUND"),
+        (Behaviour.THROTTLED, "RETRYING"),
+        (Behaviour.HANG_AFTER_RESEND, "UNCERTAIN"),
+    ],
+)
+def test_resend_that_capillary_answered_without_resending_exits_3(
+    run, function_env, stub, monkeypatch, behaviour, status
+) -> None:
+    monkeypatch.setenv("CAPILLARY_TIMEOUT_SECONDS", "0.5")
+    stub.script(ID, behaviour)
 
+    result = run("resend", str(ID), "--json")
+
+    assert result.code == 3, result.err
+    document = result.json()
+    assert document["status"] == status
+    assert document["reachedCapillary"] is True
+
+
+def test_resend_that_resent_exits_0(run, function_env, stub) -> None:
     result = run("resend", str(ID))
 
     assert result.code == 0, result.err
-    assert "no outcome -> REJECTED" in result.out
-    assert stub.resends_performed(ID) == 0
+    assert "no outcome -> RESENT" in result.out
+
+
+def test_resend_with_a_secret_that_cannot_be_read_exits_4_and_blames_secrets_manager(
+    run, function_env, stub, monkeypatch
+) -> None:
+    monkeypatch.setenv("CAPILLARY_SECRET_ID", "no/such/secret")
+
+    result = run("resend", str(ID))
+
+    assert result.code == 4
+    assert "Secrets Manager" in result.out
+    assert "ResourceNotFoundException" in result.out
+    assert "not reached" in result.err
+    assert stub.resend_calls == []
+
+
+def test_resend_with_capillary_down_exits_4(run, function_env, monkeypatch) -> None:
+    with socket.socket() as closed:  # a port nobody listens on: the connection is refused
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    monkeypatch.setenv("CAPILLARY_BASE_URL", f"http://127.0.0.1:{port}")
+
+    result = run("resend", str(ID), "--json")
+
+    assert result.code == 4
+    assert result.json()["reachedCapillary"] is False
+    assert "not sent" in result.json()["reason"]
 
 
 def test_resend_without_the_function_settings_is_a_configuration_error(run, monkeypatch) -> None:
