@@ -279,14 +279,52 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(str(error), EXIT_NOT_FOUND)
     except ConfigurationError as error:
         return _fail(f"configuration error: {error}")
-    except (OperatorError, StoreError, QueueError) as error:
+    except (StoreError, QueueError) as error:
+        return _fail(f"{error}{_aws_context(args, error)}")
+    except OperatorError as error:
         return _fail(str(error))
     except (BotoCoreError, ClientError) as error:
-        return _fail(aws_failure(error))
+        return _fail(f"{aws_failure(error)}{_aws_context(args, error)}")
     except (OSError, ValueError) as error:
         return _fail(str(error))
     except KeyboardInterrupt:
         return _fail("interrupted", EXIT_INTERRUPTED)
+
+
+#: What the AWS CLI says when it finds no credentials, so an operator gets the fix they already know.
+NO_CREDENTIALS_HINT = (
+    'Unable to locate credentials. You can configure credentials by running "aws configure".'
+)
+
+
+def _aws_context(args: argparse.Namespace, error: Exception) -> str:
+    """Which resources, region and endpoint a failed AWS call was aimed at: what an operator checks first."""
+    import os
+
+    from resender.operations import OperatorError, resolve
+
+    parts: list[str] = []
+    for option, env_name, label in (
+        ("table", "OUTCOMES_TABLE", "table"),
+        ("queue_url", "SOURCE_QUEUE_URL", "queue"),
+        ("dlq_url", "DEAD_LETTER_QUEUE_URL", "dead-letter queue"),
+    ):
+        if hasattr(args, option) and (value := resolve(getattr(args, option), env_name)):
+            parts.append(f"{label} {value}")
+    if args.command == "resend" and (secret := os.environ.get("CAPILLARY_SECRET_ID")):
+        parts.append(f"secret {secret}")
+    try:
+        client = _target(args).dynamodb()
+        parts.append(f"region {client.meta.region_name or 'unset'}")
+        parts.append(f"endpoint {client.meta.endpoint_url}")
+    except OperatorError as unresolved:
+        parts.append(str(unresolved))
+    except Exception:
+        parts.append("region unknown")
+    context = f" [{', '.join(parts)}]" if parts else ""
+    if "NoCredentials" in f"{type(error).__name__} {error}":
+        context += f" {NO_CREDENTIALS_HINT}"
+    return context
 
 
 def _fail(message: str, code: int = EXIT_USAGE) -> int:

@@ -244,6 +244,35 @@ def test_a_table_that_does_not_exist_is_one_line_not_a_traceback(run, local_aws)
 
     assert_one_line_error(result, 2)
     assert "ResourceNotFoundException" in result.err
+    assert "table no-such-table" in result.err
+    assert "region us-east-1" in result.err
+    assert f"endpoint {local_aws.endpoint_url}" in result.err
+
+
+def test_an_unreachable_endpoint_is_named(run, monkeypatch) -> None:
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+
+    result = run("list", "--table", "outcomes", "--endpoint-url", f"http://127.0.0.1:{port}")
+
+    assert_one_line_error(result, 2)
+    assert f"endpoint http://127.0.0.1:{port}" in result.err
+    assert "table outcomes" in result.err
+
+
+def test_missing_credentials_get_the_aws_cli_hint(run, monkeypatch, tmp_path) -> None:
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+
+    result = run("status", str(ID), "--table", "outcomes", "--region", "eu-west-1")
+
+    assert_one_line_error(result, 2)
+    assert 'You can configure credentials by running "aws configure".' in result.err
+    assert "region eu-west-1" in result.err
 
 
 def test_an_unknown_profile_is_a_configuration_error(run) -> None:
