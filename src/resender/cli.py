@@ -14,7 +14,8 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
@@ -96,6 +97,11 @@ def _aws_options() -> _Parser:
     group.add_argument("--region", help="region (default: AWS_REGION / AWS_DEFAULT_REGION or the profile's)")
     group.add_argument(
         "--endpoint-url", help="AWS endpoint, e.g. a local emulator (default: AWS_ENDPOINT_URL)"
+    )
+    group.add_argument(
+        "--stack-name",
+        help="read the table, queues, secret and the function's settings from this deployed stack "
+        "(its outputs and its function's configuration; read-only); options still win",
     )
     return options
 
@@ -272,7 +278,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "demo": _demo_command,
     }
     try:
-        return handlers[args.command](args)
+        with _stack_settings(args):
+            return handlers[args.command](args)
     except NotFoundError as error:
         if getattr(args, "json", False):
             _print_json(error.details)
@@ -289,6 +296,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(str(error))
     except KeyboardInterrupt:
         return _fail("interrupted", EXIT_INTERRUPTED)
+
+
+@contextmanager
+def _stack_settings(args: argparse.Namespace) -> Iterator[None]:
+    """With ``--stack-name``, the stack's values stand in for the environment variables they replace."""
+    stack_name = getattr(args, "stack_name", None)
+    if not stack_name:
+        yield
+        return
+    from resender.local.aws import patched_environ
+    from resender.stack_outputs import stack_environment
+
+    target = _target(args)
+    values = stack_environment(target.session(), stack_name, target.endpoint_url)
+    with patched_environ(values):
+        yield
 
 
 #: What the AWS CLI says when it finds no credentials, so an operator gets the fix they already know.

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import json
 import socket
 import time
+import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -328,6 +330,86 @@ def test_every_subcommand_resolves_the_region_the_same_way(
     assert result.code == (1 if command == "status" else 0), result.err
     if command == "resend":
         assert stub.resends_performed(ID) == 1
+
+
+def deploy_emulated_stack(local_aws: LocalResources, stack_name: str, base_url: str) -> None:
+    """A stack with the outputs template.yaml declares, and a function whose settings name the stub."""
+    session = boto3.session.Session(region_name="us-east-1")
+    endpoint = local_aws.endpoint_url
+    role = session.client("iam", endpoint_url=endpoint).create_role(
+        RoleName=f"{stack_name}-role",
+        AssumeRolePolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": []}),
+    )["Role"]["Arn"]
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as bundle:
+        bundle.writestr("app.py", "def lambda_handler(event, context):\n    return {}\n")
+    session.client("lambda", endpoint_url=endpoint).create_function(
+        FunctionName=f"{stack_name}-fn",
+        Runtime="python3.13",
+        Role=role,
+        Handler="resender.app.lambda_handler",
+        Code={"ZipFile": archive.getvalue()},
+        Environment={
+            "Variables": {
+                "OUTCOMES_TABLE": "stale-name",  # the stack's output wins over a stale copy
+                "CAPILLARY_SECRET_ID": local_aws.secret_id,
+                "CAPILLARY_BASE_URL": base_url,
+                "CAPILLARY_TIMEOUT_SECONDS": "2",
+                "DEAD_LETTER_QUEUE_URL": local_aws.dead_letter_queue_url,
+            }
+        },
+    )
+    outputs = {
+        "OutcomesTableName": local_aws.table_name,
+        "QueueUrl": local_aws.queue_url,
+        "DeadLetterQueueUrl": local_aws.dead_letter_queue_url,
+        "SecretArn": local_aws.secret_id,
+        "FunctionName": f"{stack_name}-fn",
+    }
+    template = {
+        "Resources": {"Marker": {"Type": "AWS::SQS::Queue", "Properties": {"QueueName": f"{stack_name}-m"}}},
+        "Outputs": {key: {"Value": value} for key, value in outputs.items()},
+    }
+    session.client("cloudformation", endpoint_url=endpoint).create_stack(
+        StackName=stack_name, TemplateBody=json.dumps(template)
+    )
+
+
+def test_stack_name_reads_every_setting_from_the_stack(run, local_aws, stub, monkeypatch) -> None:
+    for name in ("OUTCOMES_TABLE", "CAPILLARY_SECRET_ID", "CAPILLARY_BASE_URL", "DEAD_LETTER_QUEUE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    deploy_emulated_stack(local_aws, "resender-staging", stub.base_url)
+
+    resent = run("resend", str(ID), "--stack-name", "resender-staging", "--json")
+    assert resent.code == 0, resent.err
+    assert stub.resends_performed(ID) == 1
+
+    status = run("status", str(ID), "--stack-name", "resender-staging", "--json")
+    assert status.code == 0, status.err
+    assert status.json()["status"] == "RESENT"
+
+    send(local_aws, local_aws.dead_letter_queue_url, failure(ID + 1))
+    redriven = run("redrive", "--stack-name", "resender-staging", "--json")
+    assert redriven.code == 0, redriven.err
+    assert redriven.json()["moved"] == 1
+    assert redriven.json()["queueUrl"] == local_aws.queue_url
+
+
+def test_an_option_wins_over_the_stack(run, local_aws, stub, monkeypatch) -> None:
+    deploy_emulated_stack(local_aws, "resender-prod", stub.base_url)
+
+    result = run("list", "--stack-name", "resender-prod", "--table", "another-table")
+
+    assert_one_line_error(result, 2)
+    assert "table another-table" in result.err
+
+
+def test_an_unknown_stack_is_one_line_naming_it(run, local_aws) -> None:
+    result = run("list", "--stack-name", "no-such-stack")
+
+    assert_one_line_error(result, 2)
+    assert "no-such-stack" in result.err
+    assert "DescribeStacks" in result.err
 
 
 # -- status --------------------------------------------------------------------------------------------
