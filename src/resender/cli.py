@@ -181,6 +181,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     invoke.add_argument("--env-vars", metavar="FILE", help="sam-style environment file, e.g. events/env.json")
     invoke.add_argument("--verbose", action="store_true", help="also print the function's JSON log lines")
+    invoke.add_argument(
+        "--yes",
+        action="store_true",
+        help="do not ask before invoking against a non-loopback AWS endpoint or Capillary host "
+        "(required without a terminal)",
+    )
 
     redrive = commands.add_parser(
         "redrive",
@@ -225,7 +231,10 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="resend even if settled or in progress (changes nothing when the protocol would resend anyway)",
     )
-    resend.add_argument("--operator", help="who forces it (default: the local user name)")
+    resend.add_argument(
+        "--operator",
+        help="who forces it (default: the caller identity's ARN from STS, else the local user name)",
+    )
     resend.add_argument("--reason", help="why it is forced, stored on the item")
     resend.add_argument("--verbose", action="store_true", help="also print the function's JSON log lines")
 
@@ -498,7 +507,36 @@ def _invoke_command(args: argparse.Namespace) -> int:
     if args.table:
         overrides["OUTCOMES_TABLE"] = args.table
     with patched_environ(overrides):
+        from resender.settings import Settings
+
+        Settings.from_env()  # a configuration error is reported before anyone is asked anything
+        _confirm_real_resends(target, assume_yes=args.yes)
         return _invocations(events, target, as_json=args.json)
+
+
+def _confirm_real_resends(target: AwsTarget, *, assume_yes: bool) -> None:
+    """Invoking against real AWS or a real Capillary sends real messages to customers: ask first."""
+    import os
+    from urllib.parse import urlsplit
+
+    from resender.operations import OperatorError
+    from resender.settings import LOOPBACK_HOSTS
+
+    aws_endpoint = target.endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or ""
+    capillary = os.environ.get("CAPILLARY_BASE_URL") or ""
+    remote = [
+        f"{what} {url or 'the real AWS'}"
+        for what, url in (("AWS", aws_endpoint), ("Capillary", capillary))
+        if (urlsplit(url).hostname or "").lower() not in LOOPBACK_HOSTS
+    ]
+    if not remote or assume_yes:
+        return
+    question = f"This invocation talks to {' and '.join(remote)} and may resend real messages."
+    if not sys.stdin.isatty():
+        raise OperatorError(f"{question} Pass --yes to go ahead without a terminal to confirm on.")
+    answer = input(f"{question} Continue? [y/N] ")
+    if answer.strip().lower() not in ("y", "yes"):
+        raise OperatorError("not confirmed; nothing was invoked")
 
 
 def _invocations(events: Sequence[tuple[str, dict[str, Any]]], target: AwsTarget, *, as_json: bool) -> int:
@@ -647,7 +685,7 @@ def _resend_command(args: argparse.Namespace) -> int:
         container,
         args.message_id,
         force=args.force,
-        operator=operator_name(args.operator),
+        operator=operator_name(args.operator, _target(args)) if args.force else "",
         reason=args.reason,
     )
     code = resend_exit_code(report.status, reached=report.reached_capillary)

@@ -673,9 +673,20 @@ class ResendReport:
         }
 
 
-def operator_name(option: str | None) -> str:
+def operator_name(option: str | None, target: AwsTarget | None = None) -> str:
+    """Who forces a resend: the option, else the AWS caller identity, else the local login name.
+
+    The caller identity names the person or role behind the credentials; a login name on a shared bastion
+    is often just ``root``.
+    """
     if option:
         return option
+    if target is not None:
+        try:
+            identity = target.session().client("sts", endpoint_url=target.endpoint_url or None)
+            return str(identity.get_caller_identity()["Arn"])
+        except (BotoCoreError, ClientError, OperatorError, KeyError):
+            pass  # the resend itself reports an AWS problem; naming the operator must not hide it
     try:
         return getpass.getuser()
     except (OSError, KeyError):  # no login name in some containers

@@ -644,6 +644,44 @@ def test_a_failed_invocation_prints_no_outcome_it_did_not_produce(run, function_
     assert document["outcomes"] == []  # the table's RESENT row is the earlier invocation's, not this one's
 
 
+def test_invoke_against_a_real_capillary_needs_yes_without_a_terminal(
+    run, function_env, stub, monkeypatch
+) -> None:
+    monkeypatch.setenv("CAPILLARY_BASE_URL", "https://eu.api.capillarytech.com")
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+
+    refused = run("invoke", str(EVENTS / "sqs-plain.json"))
+
+    assert_one_line_error(refused, 2)
+    assert "--yes" in refused.err
+    assert "Capillary https://eu.api.capillarytech.com" in refused.err
+
+
+def test_invoke_against_real_aws_asks_on_a_terminal(run, function_env, stub, monkeypatch) -> None:
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.setattr("sys.stdin", Terminal("n\n"))
+    asked: list[str] = []
+    monkeypatch.setattr("builtins.input", lambda prompt: asked.append(prompt) or "n")
+
+    declined = run("invoke", str(EVENTS / "sqs-plain.json"), "--endpoint-url", "https://dynamodb.example.com")
+
+    assert_one_line_error(declined, 2)
+    assert "not confirmed" in declined.err
+    assert "AWS https://dynamodb.example.com" in asked[0]
+    assert stub.resend_calls == []
+
+
+def test_invoke_against_loopback_endpoints_does_not_ask(run, function_env, stub, monkeypatch) -> None:
+    monkeypatch.setattr("builtins.input", lambda prompt: pytest.fail(f"asked: {prompt}"))
+
+    result = run("invoke", str(EVENTS / "sqs-plain.json"))
+
+    assert result.code == 0, result.err
+
+
 def test_invoke_of_a_missing_file_is_a_usage_error(run, tmp_path) -> None:
     result = run("invoke", str(tmp_path / "absent.json"))
 
@@ -982,6 +1020,17 @@ def test_resend_force_on_uncertain_resends_once_and_records_it(run, function_env
     again = run("resend", str(ID))
     assert_one_line_error(again, 2)
     assert stub.resends_performed(ID) == 1
+
+
+def test_forced_by_defaults_to_the_caller_identity(run, function_env, stub, local_aws) -> None:
+    put_outcome(local_aws, ID, status="UNCERTAIN", attempts=1, updatedAt="2026-01-01T00:00:00.000Z")
+    caller = boto3.client("sts", region_name="us-east-1").get_caller_identity()["Arn"]
+
+    result = run("resend", str(ID), "--force", "--json")
+
+    assert result.code == 0, result.err
+    assert caller.startswith("arn:aws:")
+    assert read_item(local_aws, ID)["forcedBy"] == caller
 
 
 def test_resend_force_on_resent_keeps_the_earlier_resend(run, function_env, stub, local_aws) -> None:
