@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -287,7 +288,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "demo": _demo_command,
     }
     try:
-        with _stack_settings(args):
+        with _stack_settings(args), _function_logs(args):
             return handlers[args.command](args)
     except NotFoundError as error:
         if getattr(args, "json", False):
@@ -478,7 +479,6 @@ def _invoke_command(args: argparse.Namespace) -> int:
     from resender.local.runner import is_env_vars_file, load_event
     from resender.operations import AwsTarget, OperatorError, load_env_vars
 
-    _quiet(args.verbose)
     events: list[tuple[str, dict[str, Any]]] = []
     skipped: list[Path] = []
     for path in args.event_files:
@@ -679,7 +679,6 @@ def _redrive_command(args: argparse.Namespace) -> int:
 def _resend_command(args: argparse.Namespace) -> int:
     from resender.operations import build_operator_container, manual_resend, operator_name
 
-    _quiet(args.verbose)
     container = build_operator_container(args.table, _target(args))
     report = manual_resend(
         container,
@@ -729,7 +728,6 @@ DEMO_DLQ_IDS = (1746061653700, 1746061653701)
 
 
 def _demo_command(args: argparse.Namespace) -> int:
-    _quiet(args.verbose)
     from resender.local.demo import run_demo
 
     code = run_demo(args.events)
@@ -822,12 +820,25 @@ def _error_cell(item: Mapping[str, Any]) -> str:
     return f"{code}: {message}" if code is not None else str(message)
 
 
-def _quiet(verbose: bool) -> None:
-    # The function logs JSON to stdout; an operator's output (and --json) must stay readable.
-    if not verbose:
-        from resender.observability import logger
+@contextmanager
+def _function_logs(args: argparse.Namespace) -> Iterator[None]:
+    """The function logs JSON to stdout; here results own stdout, so its logs go to stderr or nowhere."""
+    from resender.observability import logger
 
+    handler = logger.registered_handler
+    level = logger.log_level
+    stream = handler.stream if isinstance(handler, logging.StreamHandler) else None
+    if getattr(args, "verbose", False):
+        if isinstance(handler, logging.StreamHandler):
+            handler.setStream(sys.stderr)
+    else:
         logger.setLevel("CRITICAL")
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+        if stream is not None and isinstance(handler, logging.StreamHandler):
+            handler.setStream(stream)
 
 
 if __name__ == "__main__":

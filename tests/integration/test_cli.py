@@ -682,6 +682,16 @@ def test_invoke_against_loopback_endpoints_does_not_ask(run, function_env, stub,
     assert result.code == 0, result.err
 
 
+def test_invoke_json_verbose_keeps_results_on_stdout_and_logs_on_stderr(run, function_env, stub) -> None:
+    result = run("invoke", str(EVENTS / "sqs-plain.json"), "--json", "--verbose")
+
+    assert result.code == 0, result.err
+    document = result.json()  # stdout is exactly one JSON document
+    assert document["invocations"][0]["response"] == {"batchItemFailures": []}
+    logged = [json.loads(line) for line in result.err.splitlines() if line.startswith("{")]
+    assert any(line.get("message") == "resend outcome" for line in logged)
+
+
 def test_invoke_of_a_missing_file_is_a_usage_error(run, tmp_path) -> None:
     result = run("invoke", str(tmp_path / "absent.json"))
 
