@@ -165,6 +165,11 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"outcomes per page (default 20, at most {LIST_LIMIT_MAX})",
     )
     listing.add_argument("--page-token", help="the nextPageToken printed by the previous page")
+    listing.add_argument(
+        "--all",
+        action="store_true",
+        help="page through every matching outcome (pages of --limit) and print them all",
+    )
 
     invoke = commands.add_parser(
         "invoke",
@@ -443,12 +448,16 @@ def _chain_line(report: StatusReport) -> str:
 
 
 def _list_command(args: argparse.Namespace) -> int:
-    from resender.operations import list_outcomes
+    from resender.operations import Page, list_outcomes
 
     statuses = [args.status] if args.status else list(Status)
-    page = list_outcomes(
-        _store(args), statuses, since=args.since, limit=args.limit, page_token=args.page_token
-    )
+    store = _store(args)
+    page = list_outcomes(store, statuses, since=args.since, limit=args.limit, page_token=args.page_token)
+    while args.all and page.next_page_token:
+        following = list_outcomes(
+            store, statuses, since=args.since, limit=args.limit, page_token=page.next_page_token
+        )
+        page = Page([*page.items, *following.items], following.next_page_token)
     if args.json:
         _print_json(page.to_json())
         return EXIT_OK

@@ -550,6 +550,19 @@ def test_list_pages_through_everything_once(run, local_aws) -> None:
     assert listed(following) == [4, 3]
 
 
+def test_list_all_pages_through_everything(run, local_aws) -> None:
+    seed_outcomes(local_aws)
+
+    result = run("list", "--table", local_aws.table_name, "--limit", "2", "--all", "--json")
+
+    assert result.code == 0, result.err
+    assert listed(result) == [6, 5, 4, 3, 2, 1]
+    assert result.json()["nextPageToken"] is None
+    shown = run("list", "--table", local_aws.table_name, "--limit", "2", "--all")
+    assert "6 outcome(s)" in shown.out
+    assert "more:" not in shown.out
+
+
 def test_list_pages_through_outcomes_that_share_a_timestamp(run, local_aws) -> None:
     for message_id in range(100, 107):
         put_outcome(local_aws, message_id, status="RESENT", attempts=1, updatedAt="2026-01-01T00:00:00.000Z")
