@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn, TextIO
+from typing import TYPE_CHECKING, Any, Final, NoReturn, TextIO
 
 from resender.models import Status
 
@@ -260,7 +260,36 @@ def build_parser() -> argparse.ArgumentParser:
         help="then run each operator subcommand once against a fresh emulated stack (default: yes)",
     )
     demo.add_argument("--verbose", action="store_true", help="also print the function's JSON log lines")
+    for name, subcommand in commands.choices.items():
+        subcommand.formatter_class = argparse.RawDescriptionHelpFormatter
+        subcommand.epilog = "examples:\n" + "\n".join(f"  {line}" for line in EXAMPLES.get(name, ()))
     return parser
+
+
+#: Shown at the foot of each subcommand's --help: the commands an operator types most.
+EXAMPLES: Final[dict[str, tuple[str, ...]]] = {
+    "status": (
+        "resender status 1746061653596 --stack-name resender-prod",
+        "resender status 1746061653596 --table resender-outcomes --region eu-west-1 --json",
+    ),
+    "list": (
+        "resender list --status UNCERTAIN --since 1d --stack-name resender-prod",
+        "resender list --status RETRYING --all --json | jq '.items | length'",
+    ),
+    "invoke": (
+        "resender invoke --local events/*.json",
+        "resender invoke --env-vars events/env.json events/sqs-plain.json",
+    ),
+    "redrive": (
+        "resender redrive --dry-run --stack-name resender-prod",
+        "resender redrive --max 100 --stack-name resender-prod",
+    ),
+    "resend": (
+        "resender resend 1746061653596 --stack-name resender-prod",
+        'resender resend 1746061653596 --force --reason "checked in Capillary" --stack-name resender-prod',
+    ),
+    "demo": ("resender demo", "resender demo --no-operator-commands"),
+}
 
 
 def _version() -> str:

@@ -196,6 +196,9 @@ def test_every_subcommand_has_help(run, command) -> None:
     assert result.code == 0
     assert result.out.startswith(f"usage: resender {command}")
     assert result.err == ""
+    examples = result.out.split("examples:\n", 1)[1].splitlines()
+    assert examples
+    assert all(line.strip().startswith(f"resender {command}") for line in examples if line.strip())
 
 
 def test_top_level_help_lists_every_subcommand(run) -> None:
