@@ -260,6 +260,41 @@ def build_parser() -> argparse.ArgumentParser:
         help="then run each operator subcommand once against a fresh emulated stack (default: yes)",
     )
     demo.add_argument("--verbose", action="store_true", help="also print the function's JSON log lines")
+    local = commands.add_parser(
+        "local",
+        help="the local stack: emulated AWS and the Capillary stub, in one command",
+        description="Local runs without an AWS account. `resender local up` starts the emulated AWS and "
+        "the Capillary stub on loopback ports, creates the table, queues and secret as template.yaml "
+        "does, prints the URLs and the exact environment to use, and serves until Ctrl-C.",
+    )
+    local_commands = local.add_subparsers(dest="local_command", required=True, metavar="ACTION")
+    up = local_commands.add_parser("up", help="start and provision the local stack, then serve")
+    up.add_argument("--aws-port", type=_bounded(0, 65535), default=5000, help="emulated AWS port (5000)")
+    up.add_argument(
+        "--capillary-port", type=_bounded(0, 65535), default=8080, help="Capillary stub port (8080)"
+    )
+    up.add_argument(
+        "--not-found", type=_message_id, action="append", default=[], metavar="ID", help="answer 4223"
+    )
+    up.add_argument(
+        "--rejected", type=_message_id, action="append", default=[], metavar="ID", help="answer 400"
+    )
+    up.add_argument(
+        "--fault",
+        action="append",
+        default=[],
+        metavar="ID=BEHAVIOUR",
+        help="answer ID with BEHAVIOUR on every call, e.g. 1746061653596=throttled; see the stub's "
+        "behaviours: " + ", ".join(sorted(_behaviours())),
+    )
+    up.add_argument(
+        "--fail-next",
+        action="append",
+        default=[],
+        metavar="BEHAVIOUR",
+        help="the next call for any id gets BEHAVIOUR (repeat for several calls)",
+    )
+    up.add_argument("--env-file", type=Path, help="also write a sam --env-vars file there")
     for name, subcommand in commands.choices.items():
         subcommand.formatter_class = argparse.RawDescriptionHelpFormatter
         subcommand.epilog = "examples:\n" + "\n".join(f"  {line}" for line in EXAMPLES.get(name, ()))
@@ -289,7 +324,20 @@ EXAMPLES: Final[dict[str, tuple[str, ...]]] = {
         'resender resend 1746061653596 --force --reason "checked in Capillary" --stack-name resender-prod',
     ),
     "demo": ("resender demo", "resender demo --no-operator-commands"),
+    "local": (
+        "resender local up",
+        "resender local up --env-file .local/env.json --not-found 1746061653597 "
+        "--fault 1746061653598=hang_after_resend",
+    ),
 }
+
+
+def _behaviours() -> list[str]:
+    try:
+        from resender.local.stub import Behaviour
+    except ImportError:  # the local stack is not installed
+        return []
+    return [behaviour.value for behaviour in Behaviour]
 
 
 def _version() -> str:
@@ -320,6 +368,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "redrive": _redrive_command,
         "resend": _resend_command,
         "demo": _demo_command,
+        "local": _local_command,
     }
     try:
         with _stack_settings(args), _function_logs(args):
@@ -756,6 +805,35 @@ def resend_exit_code(status: str, *, reached: bool) -> int:
     if status == Status.RESENT:
         return EXIT_OK
     return EXIT_NOT_RESENT if reached else EXIT_UNREACHED
+
+
+# -- local ---------------------------------------------------------------------------------------------
+
+
+def _local_command(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from resender.local.stub import Behaviour
+    from resender.local.up import StubFaults, parse_fault, serve
+
+    try:
+        behaviours = dict(parse_fault(text) for text in args.fault)
+        fail_next = [Behaviour(text.strip().lower()) for text in args.fail_next]
+    except ValueError as error:
+        return _fail(str(error))
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    serve(
+        StubFaults(args.not_found, args.rejected, behaviours, fail_next),
+        out=sys.stdout,
+        stop=stop,
+        aws_port=args.aws_port,
+        capillary_port=args.capillary_port,
+        env_file=args.env_file,
+    )
+    return EXIT_OK
 
 
 # -- demo ----------------------------------------------------------------------------------------------

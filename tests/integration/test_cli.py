@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import socket
+import threading
 import time
 import zipfile
 from collections.abc import Callable, Iterator
@@ -32,7 +33,7 @@ from tests.builders import failure, sns_event, sqs_event
 
 EVENTS = Path(__file__).resolve().parents[2] / "events"
 ID = 1746061653596
-SUBCOMMANDS = ("status", "list", "invoke", "redrive", "resend", "demo")
+SUBCOMMANDS = ("status", "list", "invoke", "redrive", "resend", "demo", "local")
 
 
 @dataclass(frozen=True)
@@ -764,6 +765,69 @@ def test_version_prints_the_installed_version(run) -> None:
 
     assert result.code == 0
     assert result.out.strip() == f"resender {version('communication-resender')}"
+
+
+def test_local_up_serves_a_provisioned_stack_with_the_faults_asked_for(
+    run, fresh_moto, tmp_path, monkeypatch
+) -> None:
+    from resender.local.up import RunningStack, StubFaults, parse_fault, serve
+
+    ready = threading.Event()
+    stop = threading.Event()
+    started: list[RunningStack] = []
+    printed = io.StringIO()
+    env_file = tmp_path / "env.json"
+    faults = StubFaults(
+        not_found=[ID + 1], rejected=[ID + 2], behaviours=dict([parse_fault(f"{ID + 3}=throttled")])
+    )
+
+    def on_ready(stack: RunningStack) -> None:
+        started.append(stack)
+        ready.set()
+
+    server = threading.Thread(
+        target=serve,
+        args=(faults,),
+        kwargs={
+            "out": printed,
+            "stop": stop,
+            "aws_port": 0,
+            "capillary_port": 0,
+            "env_file": env_file,
+            "on_ready": on_ready,
+        },
+    )
+    server.start()
+    try:
+        assert ready.wait(30)
+        (stack,) = started
+        shown = printed.getvalue()
+        for name, value in stack.environment().items():
+            assert f"export {name}={value}" in shown
+        assert stack.resources.table_name in shown
+        assert "sam local invoke" in shown
+        for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "AWS_REGION"):
+            monkeypatch.delenv(name, raising=False)
+        event = tmp_path / "event.json"
+        event.write_text(json.dumps(sqs_event(*(failure(ID + n) for n in range(4)))))
+
+        result = run("invoke", "--env-vars", str(env_file), str(event), "--json")
+
+        assert result.code == 0, result.err
+        statuses = {row["messageId"]: row["status"] for row in result.json()["invocations"][0]["outcomes"]}
+        assert statuses == {ID: "RESENT", ID + 1: "NOT_FOUND", ID + 2: "REJECTED", ID + 3: "RETRYING"}
+        assert stack.stub.resends_performed(ID) == 1
+    finally:
+        stop.set()
+        server.join(30)
+    assert not server.is_alive()
+
+
+def test_local_up_refuses_an_unknown_behaviour(run) -> None:
+    result = run("local", "up", "--fault", f"{ID}=explode")
+
+    assert_one_line_error(result, 2)
+    assert "explode" in result.err
 
 
 def test_invoke_local_refuses_aws_options(run) -> None:
