@@ -182,11 +182,6 @@ class Resender:
         except OrgRoutingError as error:
             # Never sent with another org's credentials: kept in the DLQ until the secret names the org.
             return self._set_aside(Poison(notice.delivery, str(error)), notice.message_id)
-        except SecretError:
-            # The secret cannot be read: the default client fails the same way after the claim, so the
-            # item records RETRYING with the reason, as for any credentials failure. It can never send:
-            # with a several-orgs secret its own read refuses to pick one org's credentials.
-            route = Route(DEFAULT_ORG_KEY, self._capillary)
         time_left = remaining()
         if time_left < self._settings.capillary_timeout_seconds + DEADLINE_SAFETY_SECONDS:
             return _retry(report, "not enough time left in this invocation to call Capillary safely")
@@ -205,9 +200,16 @@ class Resender:
 
     def route(self, payload: object) -> Route:
         """The org and Capillary client for a failure payload (see :class:`~resender.orgs.OrgRouter`)."""
+        default = Route(DEFAULT_ORG_KEY, self._capillary)
         if self._orgs is None:
-            return Route(DEFAULT_ORG_KEY, self._capillary)
-        return self._orgs.route(payload)
+            return default
+        try:
+            return self._orgs.route(payload)
+        except SecretError:
+            # The secret cannot be read: the default client fails the same way after the claim, so the
+            # item records RETRYING with the reason, as for any credentials failure. It can never send:
+            # with a several-orgs secret its own read refuses to pick one org's credentials.
+            return default
 
     @staticmethod
     def _taken(report: RecordReport, claimed: ClaimResult) -> RecordReport:

@@ -63,7 +63,12 @@ class Invocation:
 
 def load_event(path: Path, *, delivered_now: bool = True) -> dict[str, Any]:
     """An event file, by default as if delivered now (see :func:`as_delivered_now`)."""
-    document = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not a UTF-8 text file") from None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not valid JSON ({error.msg} at line {error.lineno})") from None
     if not isinstance(document, dict):
         raise ValueError(f"{path}: an event file holds one JSON object")
     return as_delivered_now(document) if delivered_now else document
@@ -112,6 +117,18 @@ def _restamped_body(body: str, iso: str) -> str:
     else:
         return body
     return json.dumps(document)
+
+
+def is_env_vars_file(document: dict[str, Any]) -> bool:
+    """A ``sam local invoke --env-vars`` file (``{"Parameters": {...}}`` or ``{"<Function>": {...}}``).
+
+    Such a file sits beside the events, so ``events/*.json`` names it too; it is no event to invoke.
+    """
+    return (
+        "Records" not in document
+        and bool(document)
+        and all(isinstance(section, dict) for section in document.values())
+    )
 
 
 def invoke(event: dict[str, Any], event_file: str = "<event>", timeout_seconds: float = 30.0) -> Invocation:
