@@ -990,19 +990,19 @@ def _submit_command(args: argparse.Namespace) -> int:
     org_id = parse_org(args.org) if args.org is not None else None
     topic_arn = args.topic_arn or (None if args.queue_url else os.environ.get(FAILURE_TOPIC_ENV))
     queue_url = args.queue_url or (None if topic_arn else os.environ.get("SOURCE_QUEUE_URL"))
-    if not topic_arn and not queue_url:
+    if not topic_arn and not queue_url and not args.dry_run:
         raise SubmitError(
             f"no target: pass --topic-arn or --queue-url (or set {FAILURE_TOPIC_ENV} or SOURCE_QUEUE_URL)"
         )
     read = _submit_inputs(args, org_id)
-    publisher: Publisher
-    target = _target(args)
+    publisher: Publisher | None = None
     if topic_arn:
-        publisher = TopicPublisher(target.sns(), topic_arn)
-    else:
-        publisher = QueuePublisher(target.sqs(), str(queue_url))
+        publisher = TopicPublisher(_target(args).sns(), topic_arn)
+    elif queue_url:
+        publisher = QueuePublisher(_target(args).sqs(), queue_url)
+    target = publisher.target if publisher else "(no target: a dry run only checks the input)"
     published, failed = 0, []
-    if not args.dry_run and read.notifications:
+    if publisher and not args.dry_run and read.notifications:
         show_progress = sys.stderr.isatty() if args.progress is None else args.progress
         bar = CountBar(sys.stderr, "published") if show_progress else None
         try:
@@ -1015,7 +1015,7 @@ def _submit_command(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(
             {
-                "target": publisher.target,
+                "target": publisher.target if publisher else None,
                 "dryRun": args.dry_run,
                 "distinct": len(read.notifications),
                 "published": published,
@@ -1034,9 +1034,9 @@ def _submit_command(args: argparse.Namespace) -> int:
     for item, reason in failed:
         print(f"{item.origin}: messageId {item.message_id} not published: {reason}", file=sys.stderr)
     if args.dry_run:
-        print(f"Dry run: would publish {len(read.notifications)} notification(s) to {publisher.target}.")
+        print(f"Dry run: would publish {len(read.notifications)} notification(s) to {target}.")
     else:
-        print(f"Published {published} notification(s) to {publisher.target}.")
+        print(f"Published {published} notification(s) to {target}.")
     print(f"{read.duplicates} duplicate(s) folded, {len(read.invalid)} invalid line(s).")
     if failed:
         print(f"{len(failed)} not published; rerunning is safe: a messageId is resent at most once.")

@@ -176,7 +176,7 @@ class Resender:
         report = RecordReport(notice.delivery, message_id=notice.message_id)
         refusal = self._policy.evaluate(notice)
         if refusal is not None:
-            return self._skip(report, refusal)
+            return self._skip(report, notice.message_id, refusal)
         try:
             route = self._route(notice)
         except OrgRoutingError as error:
@@ -254,13 +254,11 @@ class Resender:
         report.resent_message_id = result.resent_message_id
         return self._settle(report, claim, outcome_for(route, result), _describe(result))
 
-    def _skip(self, report: RecordReport, refusal: Refusal) -> RecordReport:
+    def _skip(self, report: RecordReport, message_id: int, refusal: Refusal) -> RecordReport:
         """Record a refused record SKIPPED without a claim and without calling Capillary."""
-        if report.message_id is None:  # a Notice always has an id; this keeps the type checker honest
-            return _retry(report, "no message id")
         outcome = Outcome(Status.SKIPPED, error_message=refusal.message, policy=refusal.rule)
         try:
-            written = self._store.settle_without_call(report.message_id, outcome)
+            written = self._store.settle_without_call(message_id, outcome)
         except StoreError as error:
             return _retry(report, f"policy skip not recorded ({error}); Capillary not called")
         if written.state is ClaimState.RECORDED:

@@ -198,6 +198,19 @@ def test_topic_target_delivers_through_the_subscription(run, local_aws, queued) 
     assert [body["messageId"] for body in bodies(queued())] == [ID + n for n in range(12)]
 
 
+def test_a_dry_run_needs_no_target(run, local_aws, monkeypatch, tmp_path) -> None:
+    monkeypatch.delenv("SOURCE_QUEUE_URL", raising=False)
+    monkeypatch.delenv("FAILURE_TOPIC_ARN", raising=False)
+    feed = tmp_path / "ids.txt"
+    feed.write_text(f"{ID}\nnope\n")
+
+    result = run(str(feed), "--dry-run")
+
+    assert result.code == 1
+    assert "would publish 1 notification(s)" in result.out
+    assert f"{feed}:2: messageId string is not a plain string of digits" in result.err
+
+
 def test_no_input_or_no_target_is_a_usage_error(run, local_aws, monkeypatch) -> None:
     monkeypatch.delenv("SOURCE_QUEUE_URL", raising=False)
     monkeypatch.delenv("FAILURE_TOPIC_ARN", raising=False)
