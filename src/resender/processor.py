@@ -178,7 +178,7 @@ class Resender:
         if refusal is not None:
             return self._skip(report, notice.message_id, refusal)
         try:
-            route = self._route(notice)
+            route = self.route(notice.payload)
         except OrgRoutingError as error:
             # Never sent with another org's credentials: kept in the DLQ until the secret names the org.
             return self._set_aside(Poison(notice.delivery, str(error)), notice.message_id)
@@ -194,9 +194,6 @@ class Resender:
         if claimed.claim is None:  # CLAIMED always carries the claim; this keeps the type checker honest
             return _retry(report, "claim answered without a token")
         return self._resend(report, claimed.claim, breakers.get(route.org_key), route)
-
-    def _route(self, notice: Notice) -> Route:
-        return self.route(notice.payload)
 
     def route(self, payload: object) -> Route:
         """The org and Capillary client for a failure payload (see :class:`~resender.orgs.OrgRouter`)."""
