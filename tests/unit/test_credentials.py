@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import sys
 import threading
 import time
@@ -16,6 +17,8 @@ from typing import Any
 import boto3
 import pytest
 from botocore.exceptions import EndpointConnectionError
+from hypothesis import given
+from hypothesis import strategies as st
 from moto import mock_aws
 
 from resender.credentials import (
@@ -23,8 +26,11 @@ from resender.credentials import (
     CachedCredentials,
     CredentialsProvider,
     OAuthCredentials,
+    OrgDirectory,
+    OrgEntry,
     SecretError,
     parse_secret,
+    parse_secret_document,
 )
 
 # The worked example from Capillary's authentication docs: store.server / server123.
@@ -553,3 +559,79 @@ def test_many_threads_invalidating_the_same_generation_cause_one_reread(secrets:
     assert secrets.counter.calls == 2
     assert {result.generation for result in results} == {results[0].generation}
     assert results[0].credentials == BasicCredentials(USERNAME, "rotated-password")
+
+
+# -- several orgs --------------------------------------------------------------------------------------
+
+
+def test_an_org_map_gives_each_org_its_credentials_and_base_url() -> None:
+    document = parse_secret_document(
+        json.dumps(
+            {
+                "orgs": {
+                    "100737": {"authType": "basic", "username": "till", "password": "pw"},
+                    "0200002": {
+                        "authType": "oauth",
+                        "clientKey": "k",
+                        "clientSecret": "s",
+                        "baseUrl": "https://apac.api.capillarytech.com/",
+                    },
+                }
+            }
+        )
+    )
+
+    assert document == OrgDirectory(
+        {
+            "100737": OrgEntry(BasicCredentials("till", "pw")),
+            "200002": OrgEntry(OAuthCredentials("k", "s"), "https://apac.api.capillarytech.com"),
+        }
+    )
+
+
+@pytest.mark.parametrize(
+    ("orgs", "fragment"),
+    [
+        ([], "non-empty object"),
+        ({}, "non-empty object"),
+        ({"acme": {"authType": "basic", "username": "u", "password": "p"}}, "org id (digits)"),
+        ({"0": {"authType": "basic", "username": "u", "password": "p"}}, "org id (digits)"),
+        ({"1": "basic"}, "org 1 is not a JSON object"),
+        ({"1": {"authType": "basic", "username": "u"}}, "org 1 has no 'password' field"),
+        ({"1": {"authType": "token"}}, "org 1's 'authType' must be"),
+        ({"1": {"authType": "basic", "username": "u", "password": "p", "baseUrl": 7}}, "not a string"),
+        (
+            {"1": {"authType": "basic", "username": "u", "password": "p", "baseUrl": "http://eu.example"}},
+            "baseUrl must use https",
+        ),
+        (
+            {
+                "1": {
+                    "authType": "basic",
+                    "username": "u",
+                    "password": "p",
+                    "baseUrl": "https://u:pw@eu.example",
+                }
+            },
+            "must not carry credentials",
+        ),
+    ],
+)
+def test_a_malformed_org_map_names_the_org_and_field(orgs: object, fragment: str) -> None:
+    with pytest.raises(SecretError, match=re.escape(fragment)):
+        parse_secret_document(json.dumps({"orgs": orgs}))
+
+
+def test_the_single_org_parser_refuses_an_org_map() -> None:
+    with pytest.raises(SecretError, match="several orgs"):
+        parse_secret(json.dumps({"orgs": {"1": {"authType": "basic", "username": "u", "password": "p"}}}))
+
+
+@given(st.text(min_size=8, max_size=30).filter(lambda text: text.strip() == text and "'" not in text))
+def test_org_map_errors_never_quote_a_credential(secret_value: str) -> None:
+    broken = {"orgs": {"1": {"authType": "basic", "username": secret_value}, "2": {"password": secret_value}}}
+
+    with pytest.raises(SecretError) as raised:
+        parse_secret_document(json.dumps(broken))
+
+    assert secret_value not in str(raised.value)
