@@ -42,7 +42,7 @@ class PolicyRule(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
-class Refusal:
+class Skip:
     rule: PolicyRule
     detail: str
 
@@ -57,8 +57,8 @@ def normalise_reason(text: str) -> str:
     return _SEPARATORS.sub("_", text.strip()).strip("_").casefold()
 
 
-def loop_guard(depth: int, limit: int, resend_of: int | None, root: int) -> Refusal:
-    return Refusal(
+def loop_guard(depth: int, limit: int, resend_of: int | None, root: int) -> Skip:
+    return Skip(
         PolicyRule.LOOP_GUARD,
         f"resend chain depth {depth} reached MAX_RESEND_DEPTH={limit} "
         f"(resend of {resend_of}, chain root {root})",
@@ -104,16 +104,16 @@ class ResendPolicy:
             clock=clock,
         )
 
-    def evaluate(self, notice: Notice) -> Refusal | None:
+    def evaluate(self, notice: Notice) -> Skip | None:
         """The first rule that refuses this record, or None to resend it."""
         payload = notice.payload
         for rule in (self._reason, self._channel, self._age, self._expression):
-            refusal = rule(payload, notice.envelope_time)
-            if refusal is not None:
-                return refusal
+            skip = rule(payload, notice.envelope_time)
+            if skip is not None:
+                return skip
         return None
 
-    def _reason(self, payload: Any, _: float | None) -> Refusal | None:
+    def _reason(self, payload: Any, _: float | None) -> Skip | None:
         reason = _search(self._reason_path, payload)
         if isinstance(reason, int) and not isinstance(reason, bool):
             reason = str(reason)
@@ -122,18 +122,18 @@ class ResendPolicy:
         matched = self._skip_reasons.get(normalise_reason(reason))
         if matched is None:
             return None
-        return Refusal(PolicyRule.REASON, f"{_quote(reason)} is {matched}, one of SKIP_REASONS")
+        return Skip(PolicyRule.REASON, f"{_quote(reason)} is {matched}, one of SKIP_REASONS")
 
-    def _channel(self, payload: Any, _: float | None) -> Refusal | None:
+    def _channel(self, payload: Any, _: float | None) -> Skip | None:
         channel = _search(self._channel_path, payload)
         if not self._channels or not isinstance(channel, str) or not channel.strip():
             return None
         if channel.strip().casefold() in self._channels:
             return None
         allowed = ",".join(sorted(self._channels)).upper()
-        return Refusal(PolicyRule.CHANNEL, f"{_quote(channel)} is not in RESEND_CHANNELS={allowed}")
+        return Skip(PolicyRule.CHANNEL, f"{_quote(channel)} is not in RESEND_CHANNELS={allowed}")
 
-    def _age(self, payload: Any, envelope_time: float | None) -> Refusal | None:
+    def _age(self, payload: Any, envelope_time: float | None) -> Skip | None:
         if self._max_age <= 0:
             return None
         found = _search(self._failed_at_path, payload)
@@ -159,12 +159,12 @@ class ResendPolicy:
             return None
         if age <= self._max_age:
             return None
-        return Refusal(
+        return Skip(
             PolicyRule.AGE,
             f"failed {int(age)} s ago ({source}), older than RESEND_MAX_AGE_SECONDS={self._max_age}",
         )
 
-    def _expression(self, payload: Any, _: float | None) -> Refusal | None:
+    def _expression(self, payload: Any, _: float | None) -> Skip | None:
         if self._skip_when is None:
             return None
         try:
@@ -177,7 +177,7 @@ class ResendPolicy:
             return None
         if verdict is not True:
             return None
-        return Refusal(PolicyRule.SKIP_WHEN, f"SKIP_WHEN {self._skip_when_text!r} is true")
+        return Skip(PolicyRule.SKIP_WHEN, f"SKIP_WHEN {self._skip_when_text!r} is true")
 
 
 def _compile(name: str, expression: str) -> ParsedResult:

@@ -22,7 +22,7 @@ from resender.events import Delivery, MessageIdParser, Notice, Poison
 from resender.models import ResendResult, Status, Verdict
 from resender.observability import MetricName, logger
 from resender.orgs import DEFAULT_ORG_KEY, OrgRouter, OrgRoutingError, Route
-from resender.policy import Refusal, ResendPolicy, loop_guard
+from resender.policy import ResendPolicy, Skip, loop_guard
 from resender.queues import QueueError, Queues
 from resender.settings import Settings
 from resender.store import (
@@ -174,9 +174,9 @@ class Resender:
 
     def _handle(self, notice: Notice, breakers: Breakers, remaining: Callable[[], float]) -> RecordReport:
         report = RecordReport(notice.delivery, message_id=notice.message_id)
-        refusal = self._policy.evaluate(notice)
-        if refusal is not None:
-            return self._skip(report, notice.message_id, refusal)
+        skip = self._policy.evaluate(notice)
+        if skip is not None:
+            return self._skip(report, notice.message_id, skip)
         try:
             route = self.route(notice.payload)
         except OrgRoutingError as error:
@@ -231,12 +231,12 @@ class Resender:
         self, report: RecordReport, claim: Claim, breaker: CircuitBreaker, route: Route
     ) -> RecordReport:
         if claim.depth >= self._settings.max_resend_depth:
-            refusal = loop_guard(
+            skip = loop_guard(
                 claim.depth, self._settings.max_resend_depth, claim.resend_of, claim.root_message_id
             )
             report.metrics.append(Metric(MetricName.SKIPPED_BY_POLICY))
-            outcome = Outcome(Status.SKIPPED, error_message=refusal.message, policy=refusal.rule)
-            return self._settle(report, claim, outcome, refusal.message)
+            outcome = Outcome(Status.SKIPPED, error_message=skip.message, policy=skip.rule)
+            return self._settle(report, claim, outcome, skip.message)
         if breaker.is_open:
             report.metrics.append(Metric(MetricName.CIRCUIT_OPEN))
             outcome = Outcome(Status.RETRYING, error_message="circuit open")
@@ -251,16 +251,16 @@ class Resender:
         report.resent_message_id = result.resent_message_id
         return self._settle(report, claim, outcome_for(route, result), _describe(result))
 
-    def _skip(self, report: RecordReport, message_id: int, refusal: Refusal) -> RecordReport:
+    def _skip(self, report: RecordReport, message_id: int, skip: Skip) -> RecordReport:
         """Record a refused record SKIPPED without a claim and without calling Capillary."""
-        outcome = Outcome(Status.SKIPPED, error_message=refusal.message, policy=refusal.rule)
+        outcome = Outcome(Status.SKIPPED, error_message=skip.message, policy=skip.rule)
         try:
             written = self._store.settle_without_call(message_id, outcome)
         except StoreError as error:
             return _retry(report, f"policy skip not recorded ({error}); Capillary not called")
         if written.state is ClaimState.RECORDED:
             report.status = Status.SKIPPED
-            report.reason = refusal.message
+            report.reason = skip.message
             report.metrics += [Metric(MetricName.SKIPPED), Metric(MetricName.SKIPPED_BY_POLICY)]
             return report
         return self._taken(report, written)
