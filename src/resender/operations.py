@@ -512,7 +512,8 @@ def queue_urls(sqs: SQSClient, queue_url: str | None, dlq_url: str | None) -> tu
             f"(or set {DEAD_LETTER_QUEUE_ENV})"
         )
     if same_queue(queue_url, dlq_url):
-        # Sending a message to the queue it is read from, then deleting it there, would lose it.
+        # Each message would be sent back to the queue it was read from: a new copy that the next receive
+        # takes for a message not yet moved, for ever.
         raise OperatorError(
             f"the source queue and the dead-letter queue are the same queue ({queue_url}): "
             "pass the source queue with --queue-url and the DLQ with --dlq-url"

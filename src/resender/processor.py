@@ -340,12 +340,9 @@ class Resender:
                 _log_safely("error", "claim was settled by another delivery before this outcome was written")
                 report.retry = False
                 return report
-            except Exception as error:  # StoreError, or anything a broken store raises
+            except StoreError as error:
                 if attempt == RECORD_ATTEMPTS:
-                    detail = (
-                        str(error) if isinstance(error, StoreError) else f"unexpected {type(error).__name__}"
-                    )
-                    return self._unrecorded(report, outcome, detail)
+                    return self._unrecorded(report, outcome, str(error))
                 time.sleep(0.05 * 2**attempt)
         return report
 

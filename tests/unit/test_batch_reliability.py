@@ -123,13 +123,15 @@ def test_answer_read_then_an_error_still_records_the_answer(world, monkeypatch) 
     assert MetricName.UNEXPECTED_ERROR in metric_names(report)
 
 
-def test_record_raising_unexpectedly_is_retried_like_a_store_error(world) -> None:
+def test_record_raising_once_unexpectedly_still_records_the_answer(world) -> None:
     world.store.record_errors = [TypeError("once"), None]  # type: ignore[list-item]
 
     (report,) = world.process(delivery(BASE_ID))
 
     assert report.status is Status.RESENT and not report.retry
     assert [message_id for message_id, _ in world.store.records] == [BASE_ID, BASE_ID]
+    assert world.store.outcome(BASE_ID).resent_message_id == BASE_ID + 10**6
+    assert MetricName.UNEXPECTED_ERROR in metric_names(report)
 
 
 def test_record_raising_every_time_leaves_the_claim_to_expire_into_uncertain(world) -> None:
