@@ -78,7 +78,6 @@ class _Progress:
     claim: Claim | None = None
     call_started: bool = False
     outcome: Outcome | None = None  # Capillary's answer, once read
-    settled: bool = False
 
 
 class CircuitBreaker:
@@ -233,8 +232,8 @@ class Resender:
         """An outcome for a record whose handling raised, chosen by how far it got.
 
         Not claimed: handed back, nothing to undo. Claimed, not sent: the claim is released to RETRYING.
-        The call may have gone out and no answer was read: UNCERTAIN, never resent automatically. Answered
-        but not recorded: the answer is recorded. Already recorded: the report stands.
+        The call may have gone out and no answer was read: UNCERTAIN, never resent automatically. Answered:
+        the answer is recorded (a second write of an outcome already recorded is recognised by the store).
         """
         kind = type(error).__name__
         where = _origin(error.__traceback__)
@@ -244,9 +243,6 @@ class Resender:
         claim = progress.claim
         if claim is None:
             return _retry(report, f"unexpected {kind} before the claim; Capillary was not called")
-        if progress.settled:
-            report.reason = f"unexpected {kind} after the outcome was recorded"
-            return report
         if not progress.call_started:
             why = f"unexpected {kind} before the call; Capillary was not called"
             outcome = Outcome(Status.RETRYING, error_message=why)
@@ -265,9 +261,8 @@ class Resender:
         notice: Notice,
         breaker: CircuitBreaker,
         remaining: Callable[[], float],
-        progress: _Progress | None = None,
+        progress: _Progress,
     ) -> RecordReport:
-        progress = progress or _Progress()
         report = RecordReport(notice.delivery, message_id=notice.message_id)
         time_left = remaining()
         if time_left < self._settings.capillary_timeout_seconds + DEADLINE_SAFETY_SECONDS:
@@ -295,9 +290,7 @@ class Resender:
         if claimed.claim is None:  # CLAIMED always carries the claim; this keeps the type checker honest
             return _retry(report, "claim answered without a token")
         progress.claim = claimed.claim
-        report = self._resend(report, claimed.claim, breaker, progress)
-        progress.settled = True
-        return report
+        return self._resend(report, claimed.claim, breaker, progress)
 
     def _resend(
         self, report: RecordReport, claim: Claim, breaker: CircuitBreaker, progress: _Progress
