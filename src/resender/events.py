@@ -48,6 +48,8 @@ class Delivery:
     source_arn: str | None = None
     # When the queue or topic took the record in (SQS ``SentTimestamp``, SNS ``Timestamp``), epoch seconds.
     sent_at: float | None = None
+    # FIFO queues only: records of one group must be handled, and handed back, in order.
+    message_group_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,9 +229,12 @@ def _record_source(record: object) -> EventSource:
 def _sqs_delivery(record: Mapping[str, Any]) -> Delivery:
     attributes = record.get("attributes")
     receive_count = 1
+    group_id: str | None = None
     if isinstance(attributes, Mapping):
         raw_count = str(attributes.get("ApproximateReceiveCount", "1"))
         receive_count = int(raw_count) if raw_count.isascii() and raw_count.isdigit() else 1
+        raw_group = attributes.get("MessageGroupId")
+        group_id = str(raw_group) if raw_group is not None else None
     body = record.get("body")
     return Delivery(
         record_id=str(record.get("messageId", "")),
@@ -238,6 +243,7 @@ def _sqs_delivery(record: Mapping[str, Any]) -> Delivery:
         receipt_handle=record.get("receiptHandle"),
         source_arn=record.get("eventSourceARN"),
         sent_at=parse_time(attributes.get("SentTimestamp")) if isinstance(attributes, Mapping) else None,
+        message_group_id=group_id,
     )
 
 
