@@ -261,12 +261,20 @@ def _list(env: Mapping[str, str], name: str, default: tuple[str, ...]) -> tuple[
 
 
 def _path(env: Mapping[str, str], name: str, default: str) -> str:
-    return compile_jmespath(name, env.get(name, "").strip() or default)
+    return _valid_path(name, env.get(name, "").strip() or default, default)
 
 
 def _optional_path(env: Mapping[str, str], name: str) -> str:
     text = env.get(name, "").strip()
-    return compile_jmespath(name, text) if text else ""
+    return _valid_path(name, text, "") if text else ""
+
+
+def _valid_path(name: str, expression: str, stand_in: str) -> str:
+    try:
+        return compile_jmespath(name, expression)
+    except ConfigurationError as error:
+        _problem(str(error))
+        return stand_in
 
 
 def compile_jmespath(name: str, expression: str) -> str:

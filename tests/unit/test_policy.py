@@ -300,6 +300,18 @@ def test_an_invalid_expression_refuses_to_start(name: str, value: str) -> None:
         Settings.from_env({**BASE_ENV, name: value})
 
 
+def test_every_invalid_expression_is_named_in_one_error() -> None:
+    with pytest.raises(ConfigurationError) as raised:
+        Settings.from_env(
+            {**BASE_ENV, "SKIP_WHEN": "a ==", "ORG_ID_PATH": "[", "RESEND_MAX_AGE_SECONDS": "-1"}
+        )
+
+    message = str(raised.value)
+    assert "SKIP_WHEN" in message
+    assert "ORG_ID_PATH" in message
+    assert "RESEND_MAX_AGE_SECONDS" in message
+
+
 def test_rules_are_applied_in_order_reason_first() -> None:
     rules = policy(RESEND_CHANNELS="SMS", SKIP_WHEN="`true`")
 
