@@ -8,7 +8,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from aws_lambda_powertools import Tracer
 from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
@@ -16,13 +15,11 @@ from resender.aws import AwsClients
 from resender.capillary import CapillaryClient
 from resender.credentials import CredentialsProvider
 from resender.events import EventSource, parse_event
-from resender.observability import METRICS_NAMESPACE, SERVICE_NAME, MetricName, logger
+from resender.observability import METRICS_NAMESPACE, SERVICE_NAME, MetricName, logger, traced
 from resender.processor import Metric, Resender
 from resender.queues import Queues
 from resender.settings import ConfigurationRefusedError, Settings, StartupCheck
 from resender.store import OutcomeStore
-
-tracer = Tracer(service=SERVICE_NAME)
 
 
 class RetryableFailureError(RuntimeError):
@@ -84,7 +81,7 @@ def reset_container(replacement: Container | None = None) -> None:
 
 
 @logger.inject_lambda_context(log_event=False)
-@tracer.capture_lambda_handler(capture_response=False)
+@traced
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     current = container()
     try:
