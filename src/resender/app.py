@@ -14,6 +14,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from resender.aws import AwsClients
 from resender.capillary import CapillaryClient
 from resender.credentials import CredentialsProvider
+from resender.errors import ResenderError
 from resender.events import EventSource, parse_event
 from resender.observability import METRICS_NAMESPACE, SERVICE_NAME, MetricName, logger, traced
 from resender.processor import Metric, Resender
@@ -22,7 +23,7 @@ from resender.settings import ConfigurationRefusedError, Settings, StartupCheck
 from resender.store import OutcomeStore
 
 
-class RetryableFailureError(RuntimeError):
+class RetryableFailureError(ResenderError, RuntimeError):
     """Raised for a direct SNS invocation whose record should be retried by Lambda's async retries."""
 
 
