@@ -25,13 +25,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from resender.errors import ResenderError
 from resender.settings import ConfigurationError, validate_base_url
 
 if TYPE_CHECKING:
     from mypy_boto3_secretsmanager import SecretsManagerClient
 
 
-class SecretError(Exception):
+class SecretError(ResenderError):
     """The secret cannot be read or is malformed. Messages name fields, never values."""
 
 

@@ -21,6 +21,7 @@ from jmespath.exceptions import JMESPathError
 
 from resender.capillary import CapillaryClient
 from resender.credentials import CredentialSource, CredentialsProvider, OrgCredentials, OrgDirectory
+from resender.errors import ResenderError
 from resender.settings import Settings
 
 #: The org key of a single-org deployment (the rate limiter and breaker key by it).
@@ -29,7 +30,7 @@ DEFAULT_ORG_KEY: Final = "default"
 ClientFactory = Callable[[str, CredentialSource], CapillaryClient]
 
 
-class OrgRoutingError(Exception):
+class OrgRoutingError(ResenderError):
     """The record cannot be sent with any credentials the secret holds; the message names the org."""
 
 

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol, TextIO
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from resender.errors import ResenderError
 from resender.events import PoisonError, validate_message_id
 
 if TYPE_CHECKING:
@@ -49,7 +50,7 @@ class InputFormat(StrEnum):
     IDS = "ids"
 
 
-class SubmitError(Exception):
+class SubmitError(ResenderError):
     """A usage or configuration problem: nothing is published."""
 
 
