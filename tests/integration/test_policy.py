@@ -187,3 +187,19 @@ def test_the_sam_local_settings_skip_the_age_sample_as_it_is(function_env, monke
     assert refusal("sqs-policy-age.json") == "age"
     assert refusal("sqs-plain.json") is None
     assert refusal("sqs-sns-envelope.json") is None
+
+
+def test_status_and_list_show_the_rule_that_skipped(invoke, stub, capsys) -> None:
+    from resender import cli
+
+    invoke(sqs_event(failure(ID, reason="MARKED_SPAM")))
+    capsys.readouterr()
+
+    assert cli.main(["status", str(ID)]) == 0
+    shown = dict(line.split(None, 1) for line in capsys.readouterr().out.splitlines() if line.strip())
+    assert shown["status"].strip() == "SKIPPED"
+    assert shown["policy"].strip() == "reason"
+    assert cli.main(["list", "--status", "SKIPPED", "--json"]) == 0
+    (item,) = json.loads(capsys.readouterr().out)["items"]
+    assert (item["messageId"], item["policy"]) == (ID, "reason")
+    assert item["errorMessage"].startswith("policy: reason: ")
