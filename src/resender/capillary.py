@@ -80,7 +80,7 @@ TOKEN_RENEWAL_MARGIN_SECONDS: Final = 30.0
 CONNECT_TIMEOUT_SECONDS: Final = 1.0
 CONNECT_RETRIES: Final = 2
 CONNECT_BACKOFF_FACTOR: Final = 0.1
-# A token request is started only if it can wait at least this long for its answer.
+# A token request is started only if it can wait this long for its answer (or half the read timeout).
 MIN_TOKEN_READ_SECONDS: Final = 0.5
 MIN_SOCKET_TIMEOUT_SECONDS: Final = 0.01
 MAX_TOKEN_CHARS: Final = 8 * 1024
@@ -279,9 +279,8 @@ class CapillaryClient:
             if token is None or token.generation != generation or self._clock() >= token.renew_at:
                 # The token request gets only what the resend after it does not need.
                 token_deadline = deadline - self.request_seconds
-                self._require(
-                    token_deadline, self._connect_budget + MIN_TOKEN_READ_SECONDS, "to request an OAuth token"
-                )
+                minimum = self._connect_budget + min(self._read_timeout / 2, MIN_TOKEN_READ_SECONDS)
+                self._require(token_deadline, minimum, "to request an OAuth token")
                 token = self._generate_token(credentials, generation, token_deadline)
                 self._replace_token(token)
             return token

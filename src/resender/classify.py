@@ -114,10 +114,11 @@ def classify(
     # 3. A gateway that may have forwarded the request and lost the answer.
     capillary_error = bool(errors)
     if status in GATEWAY_TIMEOUT_STATUSES or (status == BAD_GATEWAY and not capillary_error):
+        detail = message or (f"a body that is {unreadable}" if unreadable else "no Capillary error")
         return result(
             Verdict.UNCERTAIN,
-            f"HTTP {status} from a gateway that may have forwarded the request"
-            f"{f' ({message})' if message else ''}: Capillary may have resent it",
+            f"HTTP {status} from a gateway that may have forwarded the request ({detail}): "
+            "Capillary may have resent it",
             code or status,
         )
 
