@@ -159,7 +159,9 @@ class Capillary:
         self._answers = answers
         self._lock = threading.Lock()
 
-    def resend(self, message_id: int) -> ResendResult:
+    worst_case_seconds = 4.0
+
+    def resend(self, message_id: int, *, deadline: float | None = None) -> ResendResult:
         with self._lock:
             self.calls.append(message_id)
             if self._answers:
