@@ -393,6 +393,8 @@ class CapillaryClient:
         Raises ``_NotSentError`` when the request could not even be built (nothing went out), and lets any
         other error through for the caller to judge.
         """
+        # One request never waits longer than its connect attempts and read timeout, nor past the call's end.
+        deadline = min(deadline, self._clock() + self.request_seconds)
         request = requests.Request(
             "POST", self._base_url + path, json=payload, headers={"Accept": "application/json", **headers}
         )

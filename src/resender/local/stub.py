@@ -90,7 +90,8 @@ class Behaviour(StrEnum):
     # An error beside the id of a resend that was made.
     RESENT_BUT_UNAUTHORIZED = "resent_but_unauthorized"
     RESENT_BUT_BUSY = "resent_but_busy"
-    # HTTP 500 whose error message echoes the request: its headers, its body, the decoded Basic credentials.
+    # HTTP 500 whose error message echoes the request: its headers, its body, the decoded Basic credentials
+    # (the md5 of the password, also in upper case).
     ECHO_REQUEST = "echo_request"
 
 
@@ -471,8 +472,7 @@ class CapillaryStub:
                 decoded = base64.b64decode(authorization[6:].strip()).decode("utf-8", errors="replace")
         echoed = (
             f"cannot process request; headers: {request_headers!r}; body: {body.decode(errors='replace')}; "
-            f"credentials: {decoded}; password digest: {decoded.partition(':')[2].upper()}; "
-            f"secret: {self._client_secret}; password: {self._password}"
+            f"credentials: {decoded}; password digest: {decoded.partition(':')[2].upper()}"
         )
         return _errors(500, 500, echoed)
 
