@@ -697,6 +697,13 @@ def forbidden_texts(kind: str, adapter: ScriptedCapillary) -> list[str]:
     answer_scripts,
     st.sampled_from(sorted(FUZZ_SECRETS)),
 )
+@example([1, 2], [Answer(500, echo=True), Answer(401, echo=True)], "basic")
+@example([1, 2], [Answer(200, echo=True), Answer(498, echo=True)], "oauth")
+@example(
+    [1], [Answer(401, body=b'{"resentMessageId": 7, "errors": [{"code": 401}]}', performed=True)], "oauth"
+)
+@example([1], [Answer(200, body=b"null", performed=True)], "basic")
+@example([1], [Answer(504, body=b"", performed=True)], "basic")
 def test_any_answers_from_capillary_never_resend_twice_never_raise_never_log_a_credential(
     pool, log_lines, ids: list[int], script: list[Answer], kind: str
 ) -> None:
