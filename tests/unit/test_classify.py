@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from resender.classify import OVER_THE_CAP, Unreadable, classify
 from resender.models import Status, Verdict
 from resender.scrub import REDACTED, scrub
-from tests.unit.test_fuzz import FUZZ
+from tests.unit.test_fuzz import FUZZ, examples_run
 
 RESENT_ID = 1748743190124
 SUCCESS = {
@@ -288,6 +288,7 @@ def _is_a_json_object(content: bytes | Unreadable) -> bool:
 def test_any_answer_reads_as_one_verdict_and_never_retries_what_may_have_been_resent(
     status: int, header_values: dict[str, str], content: bytes | Unreadable
 ) -> None:
+    examples_run["classify"] += 1
     result = classify(status, header_values, content, secrets=("s3cret-value",))
 
     assert result.verdict in set(Verdict)
