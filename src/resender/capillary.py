@@ -63,6 +63,7 @@ __all__ = [
     "TokenError",
     "build_session",
     "connect_budget_seconds",
+    "resend_budget_seconds",
 ]
 
 RESEND_PATH: Final = "/v2/communications/resend"
@@ -144,6 +145,11 @@ def connect_budget_seconds(timeout_seconds: float) -> float:
     return float((CONNECT_RETRIES + 1) * per_attempt + backoff)
 
 
+def resend_budget_seconds(timeout_seconds: float) -> float:
+    """``CapillaryClient.worst_case_seconds`` for a read timeout: what a configuration must leave room for."""
+    return 2 * (connect_budget_seconds(timeout_seconds) + timeout_seconds)
+
+
 class CapillaryClient:
     """One resend per call, inside a time budget, with an honest reading of the answer.
 
@@ -191,7 +197,7 @@ class CapillaryClient:
         milliseconds). The token request is given only what the resend after it does not need, and a second
         attempt is made only when it still fits in full.
         """
-        return 2 * self.request_seconds
+        return resend_budget_seconds(self._read_timeout)
 
     def resend(self, message_id: int, *, deadline: float | None = None) -> ResendResult:
         """Ask Capillary to resend ``message_id`` once; an auth failure is followed by one fresh attempt.

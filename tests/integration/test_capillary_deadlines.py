@@ -15,13 +15,21 @@ from typing import Any
 import pytest
 import requests
 
-from resender.capillary import OAUTH_HEADER, RESEND_PATH, CapillaryClient, build_session
+from resender import app
+from resender.capillary import (
+    OAUTH_HEADER,
+    RESEND_PATH,
+    CapillaryClient,
+    build_session,
+    resend_budget_seconds,
+)
 from resender.credentials import BasicCredentials, Credentials
 from resender.local.stub import TOKEN_FLAWS, Behaviour, CapillaryStub
 from resender.models import Status, Verdict
 from resender.processor import DEADLINE_SAFETY_SECONDS
 from resender.scrub import REDACTED
 from resender.settings import Settings
+from tests.builders import failure, sns_event
 from tests.integration import test_capillary_client as client_tests
 from tests.integration.test_capillary_client import (
     BASIC,
@@ -241,6 +249,8 @@ def test_worst_case_counts_every_connect_attempt_and_a_full_read_twice() -> None
 
     assert client.request_seconds == pytest.approx(3 * 1.0 + 0.2 + 10)
     assert client.worst_case_seconds == pytest.approx(2 * client.request_seconds)
+    assert resend_budget_seconds(10) == client.worst_case_seconds
+    assert resend_budget_seconds(0.5) == pytest.approx(2 * (3 * 0.5 + 0.2 + 0.5))
 
 
 def test_the_default_read_timeout_fits_in_the_default_function_timeout() -> None:
@@ -300,3 +310,18 @@ def test_a_truncated_token_answer_is_transient(own_server: Callable[..., OwnServ
 
     assert result.verdict is Verdict.TRANSIENT
     assert [seen.path for seen in server.seen] == ["/v3/oauth/token/generate"]
+
+
+def test_an_echo_never_reaches_the_exception_raised_for_a_direct_sns_invocation(
+    stub: CapillaryStub, invoke: Callable[..., dict[str, Any]], log_lines: list[str]
+) -> None:
+    stub.script(MESSAGE_ID, Behaviour.ECHO_REQUEST)
+
+    with pytest.raises(app.RetryableFailureError) as raised:
+        invoke(sns_event(failure(MESSAGE_ID)))
+
+    text = str(raised.value)
+    assert "cannot process request" in text  # Capillary's message is there, scrubbed
+    for secret in (DOC_MD5, DOC_BASIC_HEADER.split()[1]):
+        assert secret.lower() not in text.lower()
+        assert all(secret.lower() not in line.lower() for line in log_lines)
