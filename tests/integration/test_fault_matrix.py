@@ -765,7 +765,9 @@ def drips_cut_off(count: int) -> Callable[[Matrix], None]:
 
 def echo_scrubbed(m: Matrix) -> None:
     """The echo reached the table (so the scrubbing, not the clipping, is what kept the secrets out)."""
-    assert all("cannot process request" in e and "[redacted]" in e for e in m.round1_errors), m.round1_errors
+    echoed = [e for e in m.round1_errors if e != "circuit open"]  # three 500s in a row open the circuit
+    assert echoed, m.round1_errors
+    assert all("cannot process request" in e and "[redacted]" in e for e in echoed), m.round1_errors
 
 
 def retry_after_is_a_floor(m: Matrix) -> None:
