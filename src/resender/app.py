@@ -16,10 +16,10 @@ from resender.aws import AwsClients
 from resender.capillary import CapillaryClient
 from resender.credentials import CredentialsProvider
 from resender.events import EventSource, parse_event
-from resender.observability import METRICS_NAMESPACE, SERVICE_NAME, logger
-from resender.processor import RecordReport, Resender
+from resender.observability import METRICS_NAMESPACE, SERVICE_NAME, MetricName, logger
+from resender.processor import Metric, Resender
 from resender.queues import Queues
-from resender.settings import Settings
+from resender.settings import ConfigurationRefusedError, Settings, StartupCheck
 from resender.store import OutcomeStore
 
 tracer = Tracer(service=SERVICE_NAME)
@@ -36,6 +36,7 @@ class Container:
     settings: Settings
     clients: AwsClients
     resender: Resender
+    startup: StartupCheck
 
 
 def build_container(settings: Settings | None = None) -> Container:
@@ -60,7 +61,7 @@ def build_container(settings: Settings | None = None) -> Container:
         queues=Queues(clients.sqs, settings.dead_letter_queue_url),
         executor=ThreadPoolExecutor(max_workers=settings.resend_concurrency, thread_name_prefix="resend"),
     )
-    return Container(settings, clients, resender)
+    return Container(settings, clients, resender, StartupCheck(settings))
 
 
 _container: Container | None = None
@@ -85,11 +86,24 @@ def reset_container(replacement: Container | None = None) -> None:
 @logger.inject_lambda_context(log_event=False)
 @tracer.capture_lambda_handler(capture_response=False)
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    current = container()
+    try:
+        current.startup.check(context.get_remaining_time_in_millis() / 1000)
+    except ConfigurationRefusedError as refused:
+        # Raised, not answered with every record as a batch item failure: the event source retries the batch
+        # after the visibility timeout, Lambda's Errors and the ConfigurationRefused alarm fire, and no record
+        # is claimed or sent under settings that cannot finish a resend.
+        logger.error(str(refused))
+        publish_metrics([Metric(MetricName.CONFIGURATION_REFUSED)])
+        raise
     source, deliveries = parse_event(event)
-    reports = container().resender.process(
+    reports = current.resender.process(
         deliveries, remaining_seconds=lambda: context.get_remaining_time_in_millis() / 1000
     )
-    publish_metrics(reports)
+    try:
+        publish_metrics(metric for report in reports for metric in report.metrics)
+    except Exception as error:  # the outcomes are recorded; the batch response matters more than figures
+        logger.error("metrics not published", extra={"errorType": type(error).__name__})
     retried = [report for report in reports if report.retry]
     if source is EventSource.SNS:
         if retried:
@@ -98,10 +112,9 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     return {"batchItemFailures": [{"itemIdentifier": report.delivery.record_id} for report in retried]}
 
 
-def publish_metrics(reports: Iterable[RecordReport]) -> None:
+def publish_metrics(figures: Iterable[Metric]) -> None:
     # Ephemeral metrics keep each invocation's figures apart when the handler runs on several threads.
     metrics = EphemeralMetrics(namespace=METRICS_NAMESPACE, service=SERVICE_NAME)
-    for report in reports:
-        for metric in report.metrics:
-            metrics.add_metric(name=metric.name, unit=MetricUnit(metric.unit), value=metric.value)
+    for metric in figures:
+        metrics.add_metric(name=metric.name, unit=MetricUnit(metric.unit), value=metric.value)
     metrics.flush_metrics()

@@ -97,7 +97,8 @@ def classify(
             )
         detail = message or f"HTTP {status}"
         if resent is None:
-            detail = f"{detail}; resentMessageId is not a valid message id"
+            named = json.dumps(document["resentMessageId"])[:40]
+            detail = f"{detail}; resentMessageId {named} is not a valid message id"
         return result(
             Verdict.UNCERTAIN,
             f"the answer names a resend beside an error ({detail}): Capillary may have resent it",

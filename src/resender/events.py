@@ -42,6 +42,8 @@ class Delivery:
     receive_count: int = 1
     receipt_handle: str | None = None
     source_arn: str | None = None
+    # FIFO queues only: records of one group must be handled, and handed back, in order.
+    message_group_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,9 +169,12 @@ def _record_source(record: object) -> EventSource:
 def _sqs_delivery(record: Mapping[str, Any]) -> Delivery:
     attributes = record.get("attributes")
     receive_count = 1
+    group_id: str | None = None
     if isinstance(attributes, Mapping):
         raw_count = str(attributes.get("ApproximateReceiveCount", "1"))
         receive_count = int(raw_count) if raw_count.isascii() and raw_count.isdigit() else 1
+        raw_group = attributes.get("MessageGroupId")
+        group_id = str(raw_group) if raw_group is not None else None
     body = record.get("body")
     return Delivery(
         record_id=str(record.get("messageId", "")),
@@ -177,6 +182,7 @@ def _sqs_delivery(record: Mapping[str, Any]) -> Delivery:
         receive_count=max(receive_count, 1),
         receipt_handle=record.get("receiptHandle"),
         source_arn=record.get("eventSourceARN"),
+        message_group_id=group_id,
     )
 
 

@@ -28,7 +28,7 @@ from resender.local.stub import TOKEN_FLAWS, Behaviour, CapillaryStub
 from resender.models import Status, Verdict
 from resender.processor import DEADLINE_SAFETY_SECONDS
 from resender.scrub import REDACTED
-from resender.settings import Settings
+from resender.settings import Settings, minimum_resend_seconds
 from tests.builders import failure, sns_event
 from tests.integration import test_capillary_client as client_tests
 from tests.integration.test_capillary_client import (
@@ -253,17 +253,14 @@ def test_worst_case_counts_every_connect_attempt_and_a_full_read_twice() -> None
     assert resend_budget_seconds(0.5) == pytest.approx(2 * (3 * 0.5 + 0.2 + 0.5))
 
 
-def test_the_default_read_timeout_fits_in_the_default_function_timeout() -> None:
-    defaults = Settings("t", "s", "https://eu.api.capillarytech.com")
-    client = CapillaryClient(
-        defaults.capillary_base_url,
-        FakeCredentials(BASIC),
-        timeout_seconds=defaults.capillary_timeout_seconds,
-    )
-    shipped_function_timeout = 30  # template.yaml, FunctionTimeout's default
+@pytest.mark.parametrize("timeout", [0.1, 0.5, 1, 2, 3, 5, 10, 15, 20, 30, 45, 60])
+def test_a_configuration_that_passes_the_start_up_check_can_claim_at_the_start_of_an_invocation(
+    timeout: float,
+) -> None:
+    settings = Settings("t", "s", "https://eu.api.capillarytech.com", capillary_timeout_seconds=timeout)
+    client = CapillaryClient(settings.capillary_base_url, FakeCredentials(BASIC), timeout_seconds=timeout)
 
-    # Lambda's remaining time at the first record is a little under the timeout.
-    assert client.worst_case_seconds + DEADLINE_SAFETY_SECONDS < shipped_function_timeout - 1
+    assert client.worst_case_seconds + DEADLINE_SAFETY_SECONDS <= minimum_resend_seconds(settings)
 
 
 # -- echoed credentials ----------------------------------------------------------------------------------

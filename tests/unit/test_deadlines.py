@@ -22,6 +22,7 @@ from resender.local.runner import LocalContext
 from resender.models import ResendResult, Verdict
 from resender.observability import MetricName
 from resender.processor import DEADLINE_SAFETY_SECONDS, VISIBILITY_MARGIN_SECONDS, Resender
+from resender.settings import StartupCheck
 from tests.builders import QUEUE_ARN, failure, sqs_record
 from tests.unit.test_processor import FakeQueues, FakeStore, delivery, make_settings
 
@@ -121,7 +122,8 @@ def invoke(
     clock = SimulatedTime()
     capillary = TimedCapillary(clock, call_seconds, answer=answer)
     store, queues = FakeStore(), TimedQueues(clock, delay_seconds)
-    settings = make_settings()
+    # A 1 s read timeout: the start-up check admits a 20 s invocation (the default 10 s needs 122.6 s).
+    settings = make_settings(capillary_timeout_seconds=1.0)
     resender = Resender(
         settings,
         store=store,  # type: ignore[arg-type]
@@ -130,7 +132,7 @@ def invoke(
         executor=pool,
         clock=clock,
     )
-    app.reset_container(app.Container(settings, None, resender))  # type: ignore[arg-type]
+    app.reset_container(app.Container(settings, None, resender, StartupCheck(settings)))  # type: ignore[arg-type]
     ends_at = clock() + time_left
     capsys.readouterr()
     response = app.lambda_handler({"Records": records}, SimulatedContext(clock=clock, ends_at=ends_at))

@@ -45,7 +45,7 @@ from resender.credentials import BasicCredentials, CachedCredentials, OAuthCrede
 from resender.local.runner import LocalContext
 from resender.models import ResendResult, Status, Verdict
 from resender.processor import Resender
-from resender.settings import Settings
+from resender.settings import Settings, StartupCheck
 from resender.store import Claim, ClaimResult, ClaimState, Outcome, StoreError
 from tests.builders import QUEUE_ARN, TOPIC_ARN, sqs_record
 
@@ -386,7 +386,7 @@ def run_handler(
         queues=queues,  # type: ignore[arg-type]
         executor=pool,
     )
-    app.reset_container(app.Container(SETTINGS, None, resender))  # type: ignore[arg-type]
+    app.reset_container(app.Container(SETTINGS, None, resender, StartupCheck(SETTINGS)))  # type: ignore[arg-type]
     response = app.lambda_handler({"Records": records}, LocalContext(30))
     return response, capillary, queues
 
@@ -725,7 +725,7 @@ def test_any_answers_from_capillary_never_resend_twice_never_raise_never_log_a_c
         queues=Queues(delay_fails=False),  # type: ignore[arg-type]
         executor=pool,
     )
-    app.reset_container(app.Container(SETTINGS, None, resender))  # type: ignore[arg-type]
+    app.reset_container(app.Container(SETTINGS, None, resender, StartupCheck(SETTINGS)))  # type: ignore[arg-type]
     lines_before = len(log_lines)
     pending = [record_of(json.dumps({"messageId": BASE_FUZZ_ID + i}), 1) for i in ids]
 

@@ -24,9 +24,13 @@ DOCUMENTED_NOT_FOUND_ID = 174606165
 
 @dataclass
 class LocalContext:
-    """The parts of Lambda's context object that the handler and Powertools read."""
+    """The parts of Lambda's context object that the handler and Powertools read.
 
-    timeout_seconds: float = 30.0
+    The default timeout is the template's default ``FunctionTimeout``, so a local run is refused or accepted
+    as the deployed function would be.
+    """
+
+    timeout_seconds: float = 180.0
     function_name: str = "resender-local"
     function_version: str = "$LATEST"
     memory_limit_in_mb: int = 256
@@ -72,7 +76,7 @@ def is_env_vars_file(document: dict[str, Any]) -> bool:
     )
 
 
-def invoke(event: dict[str, Any], event_file: str = "<event>", timeout_seconds: float = 30.0) -> Invocation:
+def invoke(event: dict[str, Any], event_file: str = "<event>", timeout_seconds: float = 180.0) -> Invocation:
     """Call the real handler once; a raised error is reported, as Lambda would report it."""
     from resender.app import lambda_handler
 
