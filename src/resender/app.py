@@ -8,24 +8,22 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from aws_lambda_powertools import Tracer
 from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from resender.aws import AwsClients
 from resender.capillary import CapillaryClient
 from resender.credentials import CredentialsProvider
+from resender.errors import ResenderError
 from resender.events import EventSource, parse_event
-from resender.observability import METRICS_NAMESPACE, SERVICE_NAME, MetricName, logger
+from resender.observability import METRICS_NAMESPACE, SERVICE_NAME, MetricName, logger, traced
 from resender.processor import Metric, Resender
 from resender.queues import Queues
 from resender.settings import ConfigurationRefusedError, Settings, StartupCheck
 from resender.store import OutcomeStore
 
-tracer = Tracer(service=SERVICE_NAME)
 
-
-class RetryableFailureError(RuntimeError):
+class RetryableFailureError(ResenderError, RuntimeError):
     """Raised for a direct SNS invocation whose record should be retried by Lambda's async retries."""
 
 
@@ -84,7 +82,7 @@ def reset_container(replacement: Container | None = None) -> None:
 
 
 @logger.inject_lambda_context(log_event=False)
-@tracer.capture_lambda_handler(capture_response=False)
+@traced
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     current = container()
     try:

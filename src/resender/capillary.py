@@ -49,6 +49,7 @@ from resender.credentials import (
     OAuthCredentials,
     SecretError,
 )
+from resender.errors import ResenderError
 from resender.models import ResendResult, Verdict
 from resender.settings import validate_base_url
 
@@ -88,7 +89,7 @@ MAX_TOKEN_CHARS: Final = 8 * 1024
 PREVIOUS_TOKENS_KEPT: Final = 2
 
 
-class TokenError(Exception):
+class TokenError(ResenderError):
     """No OAuth token could be obtained; ``auth_failed`` tells bad credentials from an unreachable server."""
 
     def __init__(self, message: str, *, auth_failed: bool, error_code: int | None = None) -> None:

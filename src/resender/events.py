@@ -19,6 +19,7 @@ import jmespath
 from jmespath.exceptions import JMESPathError
 from jmespath.parser import ParsedResult
 
+from resender.errors import ResenderError
 from resender.settings import ConfigurationError
 
 INT64_LIMIT: Final = 2**63
@@ -65,7 +66,7 @@ class Poison:
 ParsedRecord = Notice | Poison
 
 
-class UnsupportedEventError(ValueError):
+class UnsupportedEventError(ResenderError, ValueError):
     """The event is neither an SQS batch nor an SNS invocation."""
 
 
@@ -99,7 +100,7 @@ class MessageIdParser:
         return validate_message_id(found, self._path_text)
 
 
-class PoisonError(ValueError):
+class PoisonError(ResenderError, ValueError):
     """Raised with the reason a record is poison."""
 
 

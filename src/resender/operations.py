@@ -30,6 +30,7 @@ import botocore.session
 from botocore.exceptions import BotoCoreError, ClientError
 
 from resender.aws import region_from_environment
+from resender.errors import ResenderError
 from resender.events import Delivery, MessageIdParser, Notice, parse_event
 from resender.local.aws import patched_environ
 from resender.models import FINAL_STATUSES, Status
@@ -66,11 +67,11 @@ _UNIT_SECONDS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _HIDDEN_ATTRIBUTES: Final = frozenset({"claimToken"})
 
 
-class OperatorError(Exception):
+class OperatorError(ResenderError):
     """The command cannot do what was asked (configuration, AWS, a refusal); exit code 2."""
 
 
-class NotFoundError(Exception):
+class NotFoundError(ResenderError):
     """Nothing is recorded for what was asked about; exit code 1."""
 
     def __init__(self, message: str, details: Mapping[str, Any] | None = None) -> None:

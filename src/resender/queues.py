@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Final
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from resender.errors import ResenderError
+
 if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
 
@@ -18,7 +20,7 @@ SOURCE_MESSAGE_ID_ATTRIBUTE: Final = "sourceMessageId"
 SQS_MAX_VISIBILITY_SECONDS: Final = 43_200
 
 
-class QueueError(Exception):
+class QueueError(ResenderError):
     """SQS refused or could not be reached; the message names the operation and the AWS error code."""
 
 

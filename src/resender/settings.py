@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from typing import Final, TypeVar
 from urllib.parse import urlsplit
 
+from resender.errors import ResenderError
+
 N = TypeVar("N", int, float)
 
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
@@ -29,7 +31,7 @@ CAPILLARY_CONNECT_BACKOFF_SECONDS: Final = 0.2
 RECORDING_MARGIN_SECONDS: Final = 2.0
 
 
-class ConfigurationError(Exception):
+class ConfigurationError(ResenderError):
     """A setting is missing or invalid; the message names the setting, never a secret."""
 
 

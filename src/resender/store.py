@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Final, cast
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from resender.errors import ResenderError
 from resender.models import FINAL_STATUSES, ResendResult, Status
 
 if TYPE_CHECKING:
@@ -40,7 +41,7 @@ OPTIONAL_ATTRIBUTES: Final = (
 )
 
 
-class StoreError(Exception):
+class StoreError(ResenderError):
     """DynamoDB could not be read or written; the message carries the AWS error code only."""
 
 

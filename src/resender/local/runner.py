@@ -11,7 +11,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
+
+if TYPE_CHECKING:
+    from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from resender.local.aws import LocalResources, MotoServer, patched_environ, provision
 from resender.local.stub import CapillaryStub
@@ -83,7 +86,8 @@ def invoke(event: dict[str, Any], event_file: str = "<event>", timeout_seconds: 
     printed = io.StringIO()
     try:
         with contextlib.redirect_stdout(printed):
-            response = lambda_handler(event, LocalContext(timeout_seconds))
+            # LocalContext has every attribute the handler and Powertools read from Lambda's context.
+            response = lambda_handler(event, cast("LambdaContext", LocalContext(timeout_seconds)))
     except Exception as error:
         return Invocation(event_file, None, f"{type(error).__name__}: {error}", printed.getvalue())
     return Invocation(event_file, response, None, printed.getvalue())
