@@ -98,15 +98,15 @@ class TokenError(ResenderError):
         self.error_code = error_code
 
 
-class _NotSentError(Exception):
+class _NotSentError(ResenderError):
     """The request could not be built: not a byte of it was written."""
 
 
-class _NoTimeError(Exception):
+class _NoTimeError(ResenderError):
     """Not enough time left to start a request: nothing was sent."""
 
 
-class _OutOfTimeError(Exception):
+class _OutOfTimeError(ResenderError):
     """The call's deadline came while the answer was still arriving."""
 
 
