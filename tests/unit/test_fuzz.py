@@ -52,6 +52,7 @@ from tests.builders import QUEUE_ARN, TOPIC_ARN, sqs_record
 FUZZ_EXAMPLES: Final = int(os.environ.get("FUZZ_EXAMPLES", "0") or 0)
 INT64_MAX: Final = 2**63 - 1
 MAX_BODY_BYTES: Final = 256 * 1024
+MAX_NESTING_DEPTH: Final = 64  # the documented limit (README: poison input)
 BASE_FUZZ_ID: Final = 1746061653596
 
 settings.register_profile(
@@ -103,9 +104,33 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(name)
 
 
+def reference_depth(text: str) -> int:
+    """Nesting depth by a character walk that tracks strings and escapes (independent of events.py)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth -= 1
+    return deepest
+
+
 def expected_id(body: str) -> int | None:
     """The id a body carries per DESIGN.md, independently of resender.events; None if it is poison."""
     if len(body.encode("utf-8", errors="surrogatepass")) > MAX_BODY_BYTES:
+        return None
+    if reference_depth(body) > MAX_NESTING_DEPTH:
         return None
     try:
         document: Any = json.loads(body, parse_constant=_reject_constant)
@@ -114,6 +139,8 @@ def expected_id(body: str) -> int | None:
                 if "Message" not in document or "TopicArn" not in document:
                     break
                 if not isinstance(document["Message"], str):
+                    return None
+                if reference_depth(document["Message"]) > MAX_NESTING_DEPTH:
                     return None
                 document = json.loads(document["Message"], parse_constant=_reject_constant)
             elif isinstance(document, dict) and "detail" in document and "detail-type" in document:
@@ -418,6 +445,15 @@ def assert_well_formed(response: Any, records: list[dict[str, Any]]) -> list[str
 @example([('{"messageId": 9223372036854775807}', 1), ('{"messageId": 9223372036854775808}', 1)], None)
 @example([('{"messageId": "+1746061653596"}', 1), ('{"messageId": " 1746061653596"}', 2)], None)
 @example([("[" * 50_000 + "]" * 50_000, 1), ('{"messageId": "\\ud800"}', 3)], None)
+@example(
+    [
+        ('{"messageId": 1746061653596, "x": ' + "[" * 63 + "]" * 63 + "}", 1),
+        ('{"messageId": 1746061653597, "x": ' + "[" * 64 + "]" * 64 + "}", 1),
+        ('{"messageId": 1746061653598, "x": "' + "[" * 900 + '"}', 1),
+        ('{"messageId": 1746061653599, "x": ' + "[" * 1000 + "]" * 1000 + "}", 1),
+    ],
+    None,
+)
 def test_handler_answers_any_sqs_batch(
     pool, batch: list[tuple[str, int]], plan: dict[str, Any] | None
 ) -> None:
