@@ -44,9 +44,12 @@ from resender.store import (
     StoreError,
 )
 
-# A call must be able to finish inside the invocation: with less time left than the read timeout plus this,
-# a record is not claimed at all but handed back to the queue.
+# Time kept back at the end of the invocation to record an outcome and answer Lambda. A record is claimed
+# only if the whole budget of its Capillary call plus this fits in the time left, and the call is given a
+# deadline this long before the invocation's end.
 DEADLINE_SAFETY_SECONDS: Final = 2.0
+# Visibility changes for retried records stop when less than this is left: the batch response must go out.
+VISIBILITY_MARGIN_SECONDS: Final = 1.0
 # How many times an outcome write is tried within the invocation before the claim is left to expire.
 RECORD_ATTEMPTS: Final = 3
 
@@ -80,6 +83,8 @@ class RecordReport:
     # Seconds the record must stay hidden before its next delivery (a Retry-After, or a live lease).
     min_delay_seconds: float = 0.0
     metrics: list[Metric] = field(default_factory=list)
+    # Handed back before anything was done (no claim, no call): not worth a visibility change or a log line.
+    untouched: bool = False
 
 
 @dataclass(slots=True)
@@ -160,11 +165,12 @@ class Resender:
             reports = self._process_fifo(parsed, breakers, remaining)
         else:
             reports = self._process_standard(parsed, breakers, remaining)
-        for report in reports:
-            # FIFO: the visibility of a record handed back is left alone, so no change can reorder a group;
-            # the group waits for the queue's visibility timeout instead.
-            if report.retry and not _from_fifo_queue(report.delivery):
-                self._schedule_retry(report)
+        self._count_untouched(reports)
+        # FIFO: the visibility of a record handed back is left alone, so no change can reorder a group;
+        # the group waits for the queue's visibility timeout instead. Records handed back untouched are left
+        # alone too: they cost nothing, whatever the batch size.
+        delayed = [r for r in reports if r.retry and not r.untouched and not _from_fifo_queue(r.delivery)]
+        self._schedule_retries(delayed, remaining)
         return reports
 
     def _parse(self, delivery: Delivery) -> ParsedRecord:
@@ -188,7 +194,7 @@ class Resender:
         reports: list[RecordReport] = []
         for record in parsed:
             if isinstance(record, Poison):
-                reports.append(self._set_aside(record))
+                reports.append(self._set_aside(record, remaining))
             elif first_by_id[record.message_id] is record:
                 reports.append(futures[record.message_id].result())
             else:
@@ -227,18 +233,41 @@ class Resender:
             if blocking is not None:
                 reports.append(_held_back(record, blocking))
             elif isinstance(record, Poison):
-                reports.append(self._set_aside(record))
+                reports.append(self._set_aside(record, remaining))
             else:
                 reports.append(self._in_context(record, breakers, remaining))
             if blocking is None and reports[-1].retry:
                 blocking = reports[-1]
         return reports
 
+    def _fits(self, time_left: float) -> bool:
+        return time_left >= self._capillary.worst_case_seconds + DEADLINE_SAFETY_SECONDS
+
+    @staticmethod
+    def _count_untouched(reports: list[RecordReport]) -> None:
+        untouched = [report for report in reports if report.untouched]
+        if not untouched:
+            return
+        # One metric value and one line for all of them: a batch of 10,000 must be handed back cheaply.
+        untouched[0].metrics.append(Metric(MetricName.RETRYING, float(len(untouched))))
+        logger.warning(
+            "records handed back untouched: not enough time left in this invocation for a Capillary call",
+            extra={"handedBack": len(untouched)},
+        )
+
     def _default_remaining(self) -> Callable[[], float]:
         deadline = self._clock() + self._settings.default_claim_lease_seconds
         return lambda: deadline - self._clock()
 
     def _in_context(self, notice: Notice, breakers: Breakers, remaining: Callable[[], float]) -> RecordReport:
+        if not self._fits(remaining()):
+            return RecordReport(
+                notice.delivery,
+                message_id=notice.message_id,
+                retry=True,
+                untouched=True,
+                reason="not enough time left in this invocation to call Capillary safely",
+            )
         progress = _Progress()
         try:
             logger.thread_safe_append_keys(messageId=notice.message_id, recordId=notice.delivery.record_id)
@@ -297,10 +326,12 @@ class Resender:
             route = self.route(notice.payload)
         except OrgRoutingError as error:
             # Never sent with another org's credentials: kept in the DLQ until the secret names the org.
-            return self._set_aside(Poison(notice.delivery, str(error)), notice.message_id)
+            return self._set_aside(Poison(notice.delivery, str(error)), remaining, notice.message_id)
         time_left = remaining()
-        if time_left < self._settings.capillary_timeout_seconds + DEADLINE_SAFETY_SECONDS:
+        if not self._fits(time_left):
             return _retry(report, "not enough time left in this invocation to call Capillary safely")
+        # The call returns by then, whatever Capillary does, leaving the margin to record what it said.
+        deadline = self._clock() + time_left - DEADLINE_SAFETY_SECONDS
         try:
             claimed = self._store.claim(notice.message_id, time_left + self._settings.claim_margin_seconds)
         except StoreError as error:
@@ -310,7 +341,14 @@ class Resender:
         if claimed.claim is None:  # CLAIMED always carries the claim; this keeps the type checker honest
             return _retry(report, "claim answered without a token")
         progress.claim = claimed.claim
-        return self._resend(report, claimed.claim, breakers.get(route.org_key), route, progress)
+        return self._resend(
+            report,
+            claimed.claim,
+            breakers.get(route.org_key),
+            route=route,
+            progress=progress,
+            deadline=deadline,
+        )
 
     def route(self, payload: object) -> Route:
         """The org and Capillary client for a failure payload (see :class:`~resender.orgs.OrgRouter`)."""
@@ -349,8 +387,10 @@ class Resender:
         report: RecordReport,
         claim: Claim,
         breaker: CircuitBreaker,
+        *,
         route: Route,
         progress: _Progress,
+        deadline: float,
     ) -> RecordReport:
         if claim.depth >= self._settings.max_resend_depth:
             skip = loop_guard(
@@ -366,7 +406,7 @@ class Resender:
                 report, claim, outcome, "circuit open: Capillary failed repeatedly in this batch"
             )
         progress.call_started = True
-        result = route.client.resend(claim.message_id)
+        result = route.client.resend(claim.message_id, deadline=deadline)
         outcome = credible_outcome(outcome_for(route, result), claim.message_id)
         progress.outcome = outcome
         breaker.observe(result.verdict)
@@ -429,7 +469,18 @@ class Resender:
         )
         return report
 
-    def _set_aside(self, poison: Poison, message_id: int | None = None) -> RecordReport:
+    def _set_aside(
+        self, poison: Poison, remaining: Callable[[], float], message_id: int | None = None
+    ) -> RecordReport:
+        if remaining() < VISIBILITY_MARGIN_SECONDS:
+            # No time to copy it: handed back untouched, it comes again (and reaches the DLQ by redrive).
+            return RecordReport(
+                poison.delivery,
+                message_id=message_id,
+                retry=True,
+                untouched=True,
+                reason=f"{poison.reason}; not set aside in time",
+            )
         report = RecordReport(
             poison.delivery, message_id=message_id, reason=poison.reason, metrics=[Metric(MetricName.POISON)]
         )
@@ -472,6 +523,17 @@ class Resender:
             reason=f"duplicate of record {first.delivery.record_id} in the same batch",
             metrics=[Metric(MetricName.DUPLICATE)],
         )
+
+    def _schedule_retries(self, reports: list[RecordReport], remaining: Callable[[], float]) -> None:
+        for index, report in enumerate(reports):
+            if remaining() < VISIBILITY_MARGIN_SECONDS:
+                # They are still handed back; SQS shows them again after the queue's own visibility timeout.
+                logger.warning(
+                    "backoff not applied: no time left in this invocation",
+                    extra={"withoutBackoff": len(reports) - index},
+                )
+                return
+            self._schedule_retry(report)
 
     def _schedule_retry(self, report: RecordReport) -> None:
         delivery = report.delivery
