@@ -17,6 +17,7 @@ from resender.capillary import CapillaryClient
 from resender.credentials import CredentialsProvider
 from resender.events import EventSource, parse_event
 from resender.observability import METRICS_NAMESPACE, SERVICE_NAME, logger
+from resender.pacing import PacingConfig, SharedPacer
 from resender.processor import RecordReport, Resender
 from resender.queues import Queues
 from resender.settings import Settings
@@ -59,8 +60,26 @@ def build_container(settings: Settings | None = None) -> Container:
         capillary=capillary,
         queues=Queues(clients.sqs, settings.dead_letter_queue_url),
         executor=ThreadPoolExecutor(max_workers=settings.resend_concurrency, thread_name_prefix="resend"),
+        pacer=build_pacer(settings, clients),
     )
     return Container(settings, clients, resender)
+
+
+def build_pacer(settings: Settings, clients: AwsClients) -> SharedPacer | None:
+    """The shared limiter and breaker, or None (pacing off) without a PACING_TABLE."""
+    if settings.pacing_table is None:
+        return None
+    config = PacingConfig(
+        window_seconds=settings.rate_window_seconds,
+        rate=settings.resend_rate_per_minute,
+        burst=settings.resend_burst,
+        start_rate=settings.adaptive_start_per_minute,
+        min_rate=settings.adaptive_min_per_minute,
+        period_seconds=settings.adaptive_period_seconds,
+        breaker_threshold=settings.shared_breaker_threshold,
+        breaker_open_seconds=settings.shared_breaker_open_seconds,
+    )
+    return SharedPacer(clients.dynamodb, settings.pacing_table, config)
 
 
 _container: Container | None = None

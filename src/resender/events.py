@@ -22,6 +22,9 @@ from jmespath.parser import ParsedResult
 from resender.settings import ConfigurationError
 
 INT64_LIMIT: Final = 2**63
+#: Message attributes of a copy re-enqueued by pacing (see :mod:`resender.processor`).
+DEFERRALS_ATTRIBUTE: Final = "resenderDeferrals"
+FIRST_SEEN_ATTRIBUTE: Final = "resenderFirstSeenAt"
 _DIGITS = re.compile(r"[0-9]{1,19}")
 # An SNS envelope nested in an EventBridge event nested in ... is legitimate up to a point; past it, the
 # body is treated as what it most likely is: a payload that happens to look like an envelope.
@@ -42,6 +45,16 @@ class Delivery:
     receive_count: int = 1
     receipt_handle: str | None = None
     source_arn: str | None = None
+    # Pacing: how often this record was held back already, and when its failure first reached the queue
+    # (epoch seconds), carried on the re-enqueued copy as message attributes.
+    deferrals: int = 0
+    first_seen_at: float | None = None
+    # The record's String and Number message attributes (name, data type, value), kept on a deferred copy.
+    message_attributes: tuple[tuple[str, str, str], ...] = ()
+
+    @property
+    def from_fifo_queue(self) -> bool:
+        return bool(self.source_arn and self.source_arn.endswith(".fifo"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,10 +179,12 @@ def _record_source(record: object) -> EventSource:
 
 def _sqs_delivery(record: Mapping[str, Any]) -> Delivery:
     attributes = record.get("attributes")
-    receive_count = 1
-    if isinstance(attributes, Mapping):
-        raw_count = str(attributes.get("ApproximateReceiveCount", "1"))
-        receive_count = int(raw_count) if raw_count.isascii() and raw_count.isdigit() else 1
+    attributes = attributes if isinstance(attributes, Mapping) else {}
+    receive_count = _digits(attributes.get("ApproximateReceiveCount")) or 1
+    sent_ms = _digits(attributes.get("SentTimestamp"))
+    message_attributes = _message_attributes(record.get("messageAttributes"))
+    values = {name: value for name, _, value in message_attributes}
+    first_seen_ms = _digits(values.get(FIRST_SEEN_ATTRIBUTE)) or sent_ms
     body = record.get("body")
     return Delivery(
         record_id=str(record.get("messageId", "")),
@@ -177,7 +192,33 @@ def _sqs_delivery(record: Mapping[str, Any]) -> Delivery:
         receive_count=max(receive_count, 1),
         receipt_handle=record.get("receiptHandle"),
         source_arn=record.get("eventSourceARN"),
+        deferrals=_digits(values.get(DEFERRALS_ATTRIBUTE)) or 0,
+        first_seen_at=first_seen_ms / 1000 if first_seen_ms else None,
+        message_attributes=message_attributes,
     )
+
+
+def _digits(value: object) -> int | None:
+    text = str(value) if value is not None else ""
+    return int(text) if text.isascii() and text.isdigit() and len(text) <= 19 else None
+
+
+def _message_attributes(raw: object) -> tuple[tuple[str, str, str], ...]:
+    if not isinstance(raw, Mapping):
+        return ()
+    kept: list[tuple[str, str, str]] = []
+    for name, attribute in raw.items():
+        if not isinstance(attribute, Mapping):
+            continue
+        data_type, value = attribute.get("dataType"), attribute.get("stringValue")
+        # Binary attributes arrive base64-encoded under another key; only text survives a copy.
+        if (
+            isinstance(name, str)
+            and isinstance(value, str)
+            and str(data_type).startswith(("String", "Number"))
+        ):
+            kept.append((name, str(data_type), value))
+    return tuple(kept)
 
 
 def _sns_delivery(record: Mapping[str, Any]) -> Delivery:
