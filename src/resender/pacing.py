@@ -161,7 +161,8 @@ class PacingConfig:
         if ceiling is None:
             raised = rate * 2  # the limit is unknown: find it fast
         elif rate < ceiling:
-            raised = rate + max(1.0, (ceiling - rate) / 2)  # back towards the last throttled rate
+            # Back towards the last throttled rate: halfway each period, never by less than 5 % of it.
+            raised = rate + max(1.0, (ceiling - rate) / 2, ceiling * 0.05)
         else:
             raised = rate + max(1.0, ceiling * 0.02)  # above it, probe slowly
         return min(raised, self.rate) if self.rate is not None else raised
@@ -473,7 +474,8 @@ def plan_grant(config: PacingConfig, item: Mapping[str, float], now: float, max_
     interval, tolerance = config.interval_ms(new_rate)
 
     open_until = item.get("openUntil")
-    if open_until is not None:
+    probe = open_until is not None and open_until <= now_ms
+    if open_until is not None and probe:
         # Half-open: the first container to move openUntil on is the one probe of this interval.
         conditions.append("openUntil = :seenOpen")
         values[":seenOpen"] = _n(open_until)
@@ -491,7 +493,7 @@ def plan_grant(config: PacingConfig, item: Mapping[str, float], now: float, max_
         conditions.append("(attribute_not_exists(tat) OR tat <= :now)")
         values[":next"] = _n(now_ms + interval)
         sets.append("tat = :next")
-    return GrantPlan(sets, conditions, values, new_rate, interval, tolerance, open_until is not None)
+    return GrantPlan(sets, conditions, values, new_rate, interval, tolerance, probe)
 
 
 def _open(org: str, open_until_ms: float) -> Refusal:
