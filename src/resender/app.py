@@ -104,8 +104,13 @@ def reset_container(replacement: Container | None = None) -> None:
 @logger.inject_lambda_context(log_event=False)
 @tracer.capture_lambda_handler(capture_response=False)
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    return handle(event, context, container())
+
+
+def handle(event: dict[str, Any], context: LambdaContext, built: Container) -> dict[str, Any]:
+    """One invocation on ``built`` (the benchmark runs several containers side by side in one process)."""
     source, deliveries = parse_event(event)
-    reports = container().resender.process(
+    reports = built.resender.process(
         deliveries, remaining_seconds=lambda: context.get_remaining_time_in_millis() / 1000
     )
     publish_metrics(reports)

@@ -203,7 +203,7 @@ class SharedPacer:
         for _ in range(GRANT_ATTEMPTS):
             now = self._clock()
             seen = self._snapshot(org)
-            held = self._held(org, seen, now)
+            held = self._held(org, seen, now, max(0.0, max_wait_seconds))
             if held is not None:
                 return held
             outcome = self._try_grant(org, seen.item if seen else {}, now, max(0.0, max_wait_seconds))
@@ -212,15 +212,18 @@ class SharedPacer:
         now = self._clock()
         return Refusal(org, HoldReason.LIMITED, now + 1.0, "the pacing item kept changing under contention")
 
-    def _held(self, org: str, seen: _Seen | None, now: float) -> Refusal | None:
+    def _held(self, org: str, seen: _Seen | None, now: float, max_wait: float) -> Refusal | None:
         if seen is None:
             return None
         if seen.hold_until > now:
             return Refusal(org, HoldReason.LIMITED, seen.hold_until, "Capillary asked to wait (Retry-After)")
+        if now - seen.at >= CACHE_SECONDS:
+            return None
         open_until = seen.item.get("openUntil")
-        if open_until is not None and open_until / 1000 > now and now - seen.at < CACHE_SECONDS:
+        if open_until is not None and open_until / 1000 > now:
             return _open(org, open_until)
-        return None
+        # tat only ever moves forward, so a slot seen taken a moment ago is still taken: no write needed.
+        return self._refusal_from(org, seen.item, now, max_wait)
 
     def _try_grant(
         self, org: str, item: Mapping[str, float], now: float, max_wait: float
