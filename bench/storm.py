@@ -423,7 +423,9 @@ def storm(
             stack.fresh_queues()
             with quiet():
                 if implementation == "resender":
-                    with resender_handlers(pollers, scenario.rate_configured, calls, stack.dlq_url) as handlers:
+                    with resender_handlers(
+                        pollers, scenario.rate_configured, calls, stack.dlq_url
+                    ) as handlers:
                         result = run_storm(
                             implementation, scenario, handlers, calls, srv, stack, ids, messages
                         )

@@ -320,6 +320,10 @@ def _status_command(args: argparse.Namespace) -> int:
         ("updatedAt", _cell(document.get("updatedAt"))),
         ("expiresAt", _cell(document.get("expiresAtIso"))),
     ]
+    if document.get("deferrals"):
+        rows.append(("deferrals", f"{document['deferrals']} (held back by pacing; no delivery spent)"))
+    if document.get("nextAttemptAt") and document["status"] == Status.RETRYING:
+        rows.append(("nextAttemptAt", str(document["nextAttemptAt"])))
     if document["status"] == Status.IN_PROGRESS:
         live = float(document.get("leaseExpiresAt", 0)) > time.time()
         state = "live: being resent now" if live else "expired: the next delivery records UNCERTAIN"
