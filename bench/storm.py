@@ -97,7 +97,8 @@ def resender_settings(rate_configured: bool, dead_letter_queue_url: str) -> dict
         "PACING_TABLE": PACING_TABLE_NAME,
         "RESEND_RATE_PER_MINUTE": str(LIMIT_PER_WINDOW) if rate_configured else "",
         "RATE_WINDOW_SECONDS": str(WINDOW_SECONDS),
-        "PACING_MAX_WAIT_SECONDS": f"{10 / SCALE:.3f}",
+        # Not scaled: the wait is bounded by the function's timeout, and that is not scaled either.
+        "PACING_MAX_WAIT_SECONDS": "10",
         "ADAPTIVE_PERIOD_SECONDS": f"{30 / SCALE:.3f}",
         "SHARED_BREAKER_OPEN_SECONDS": str(BREAKER_INTERVAL_SECONDS),
         "RETRY_BASE_SECONDS": "1",

@@ -44,8 +44,8 @@ if TYPE_CHECKING:
 DEFAULT_ORG: Final = "default"
 #: Capillary's answers that mean "slow down": throttled, search engine busy, customer busy.
 THROTTLE_CODES: Final = frozenset({429, 461, 521})
-# How long a container trusts what it last saw of an org's item before it writes (and so reads) again.
-CACHE_SECONDS: Final = 1.0
+# How long a container trusts what it last saw of an org's item: about a second of Capillary's minute.
+CACHE_FRACTION_OF_WINDOW: Final = 1 / 60
 # Attempts of one grant when other containers changed the rate or the breaker in between.
 GRANT_ATTEMPTS: Final = 4
 # Multiplicative decrease: before the first throttle the rate was doubling, so halve it (as TCP leaves slow
@@ -147,6 +147,10 @@ class PacingConfig:
     breaker_open_seconds: float = 30.0
 
     @property
+    def cache_seconds(self) -> float:
+        return min(1.0, self.window_seconds * CACHE_FRACTION_OF_WINDOW)
+
+    @property
     def initial_rate(self) -> float:
         return self.rate if self.rate is not None else self.start_rate
 
@@ -195,6 +199,7 @@ class SharedPacer:
         self._clock = clock
         self._sleep = sleep
         self._lock = threading.Lock()
+        self._refresh_lock = threading.Lock()
         self._seen: dict[str, _Seen] = {}
 
     # -- grants --------------------------------------------------------------------------------------
@@ -215,9 +220,10 @@ class SharedPacer:
     def _held(self, org: str, seen: _Seen | None, now: float, max_wait: float) -> Refusal | None:
         if seen is None:
             return None
-        if seen.hold_until > now:
-            return Refusal(org, HoldReason.LIMITED, seen.hold_until, "Capillary asked to wait (Retry-After)")
-        if now - seen.at >= CACHE_SECONDS:
+        hold = max(seen.hold_until, seen.item.get("holdUntil", 0) / 1000)
+        if hold - now > max_wait:
+            return Refusal(org, HoldReason.LIMITED, hold, "Capillary asked to wait (Retry-After)")
+        if now - seen.at >= self._config.cache_seconds:
             return None
         open_until = seen.item.get("openUntil")
         if open_until is not None and open_until / 1000 > now:
@@ -286,17 +292,40 @@ class SharedPacer:
         return delay * 1000
 
     def still_valid(self, permit: Permit) -> Refusal | None:
+        """Check, just before the call, that no container was told to hold back since the grant.
+
+        A permit may be a few seconds old when its slot comes. What the container saw is trusted for about a
+        second; older than that, one consistent read refreshes it for every thread of the container, so the
+        whole fleet stops within a second of a 429 or of the breaker opening, at no more than one read per
+        container per second.
+        """
+        now = self._clock()
         seen = self._snapshot(permit.org)
+        if seen is None or now - seen.at >= self._config.cache_seconds:
+            seen = self._refresh(permit.org, now)
         if seen is None:
             return None
-        if seen.hold_until > permit.granted_at and seen.hold_until > self._clock():
-            return Refusal(
-                permit.org, HoldReason.LIMITED, seen.hold_until, "Capillary asked to wait (Retry-After)"
-            )
+        hold = max(seen.hold_until, seen.item.get("holdUntil", 0) / 1000)
+        if hold > now:
+            return Refusal(permit.org, HoldReason.LIMITED, hold, "Capillary asked to wait (Retry-After)")
         open_until = seen.item.get("openUntil")
-        if not permit.probe and open_until is not None and open_until / 1000 > self._clock():
+        if not permit.probe and open_until is not None and open_until / 1000 > now:
             return _open(permit.org, open_until)
         return None
+
+    def _refresh(self, org: str, now: float) -> _Seen | None:
+        with self._refresh_lock:
+            seen = self._snapshot(org)
+            if seen is not None and now - seen.at < self._config.cache_seconds:
+                return seen  # another thread of this container read it meanwhile
+            try:
+                response = self._client.get_item(
+                    TableName=self._table, Key={"org": {"S": org}}, ConsistentRead=True
+                )
+            except (ClientError, BotoCoreError):
+                return seen  # the grant stands; what was known of holds still applies
+            self._remember(org, _numbers(response.get("Item", {})), self._clock())
+            return self._snapshot(org)
 
     # -- what Capillary answered ---------------------------------------------------------------------
 
@@ -323,12 +352,17 @@ class SharedPacer:
                 seen = self._seen.get(permit.org)
                 if seen is not None:
                     seen.hold_until = max(seen.hold_until, hold)
-            # Holds every container: nothing is granted before the hold ends.
+            # Holds every container: slots already granted are checked against holdUntil before their call,
+            # and nothing new is granted before the hold ends.
+            hold_ms = _n(int(hold * 1000))
             self._conditional(
                 permit.org,
-                "SET tat = :hold",
-                "attribute_not_exists(tat) OR tat < :hold",
-                {":hold": _n(int(hold * 1000))},
+                "SET holdUntil = :hold",
+                "attribute_not_exists(holdUntil) OR holdUntil < :hold",
+                {":hold": hold_ms},
+            )
+            self._conditional(
+                permit.org, "SET tat = :hold", "attribute_not_exists(tat) OR tat < :hold", {":hold": hold_ms}
             )
         seen_item = self._snapshot(permit.org)
         item = seen_item.item if seen_item else {}

@@ -519,7 +519,9 @@ def test_only_the_pacing_actions_reach_the_pacing_table(role_statements: list[di
         for statement in role_statements
         if statement["Resource"] == {"Fn::GetAtt": ["PacingTable", "Arn"]}
     ]
-    assert [_as_list(statement["Action"]) for statement in on_pacing] == [["dynamodb:UpdateItem"]]
+    assert [_as_list(statement["Action"]) for statement in on_pacing] == [
+        ["dynamodb:GetItem", "dynamodb:UpdateItem"]
+    ]
 
 
 def test_dashboard_shows_resends_per_minute_against_the_limit(
@@ -584,7 +586,7 @@ def test_function_role_grants_exactly_what_the_code_needs(role_statements: list[
         "Fn::If": ["CreateSecret", {"Ref": "CapillaryPlaceholderSecret"}, {"Ref": "CapillarySecretArn"}]
     }
     expected = {
-        "dynamodb:GetItem": [table],
+        "dynamodb:GetItem": [{"Fn::GetAtt": ["PacingTable", "Arn"]}, table],
         "dynamodb:PutItem": [table],
         "dynamodb:UpdateItem": [{"Fn::GetAtt": ["PacingTable", "Arn"]}, table],
         "dynamodb:ConditionCheckItem": [table],

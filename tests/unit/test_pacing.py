@@ -224,6 +224,32 @@ def test_a_permit_granted_before_a_retry_after_is_not_used(dynamodb, clock) -> N
     assert hold is not None and hold.retry_at == pytest.approx(clock.now + 2)
 
 
+def test_a_hold_set_by_another_container_stops_a_permit_granted_before_it(dynamodb, clock) -> None:
+    first, second = pacer(dynamodb, clock, start_rate=60.0), pacer(dynamodb, clock, start_rate=60.0)
+    waiting = granted(second.acquire(ORG, 10))
+    clock.now += 0.5
+    first.observe(granted(first.acquire(ORG, 10)), THROTTLED)
+    clock.now += 1.0  # what ``second`` saw is now older than its cache period
+
+    hold = second.still_valid(waiting)
+
+    assert hold is not None and hold.reason is HoldReason.LIMITED
+    assert hold.retry_at == pytest.approx(clock.now - 1.0 + 2.0, abs=0.002)
+
+
+def test_checking_permits_before_their_calls_reads_at_most_once_per_cache_period(dynamodb, clock) -> None:
+    limiter = pacer(dynamodb, clock, rate=600.0)
+    permits = [granted(limiter.acquire(ORG, 10)) for _ in range(10)]
+    clock.now += 5
+    calls = counted(dynamodb)
+
+    assert all(limiter.still_valid(permit) is None for permit in permits)
+    assert calls == Counter({"GetItem": 1})
+    clock.now += 0.5
+    assert all(limiter.still_valid(permit) is None for permit in permits)
+    assert calls == Counter({"GetItem": 1})
+
+
 def test_sustained_success_raises_the_rate_towards_the_last_throttled_one_then_past_it(
     dynamodb, clock
 ) -> None:
