@@ -172,21 +172,32 @@ class _CountingRequests:
 
 def baseline_handlers(count: int, calls: CallLog) -> list[Handler]:
     """``count`` separate copies of the baseline module: Powertools' BatchProcessor is one per container."""
+    import aws_lambda_powertools
     import requests
+    from aws_lambda_powertools.metrics import EphemeralMetrics
 
     path = ROOT / "bench" / "baseline" / "app.py"
     handlers: list[Handler] = []
-    for index in range(count):
-        spec = importlib.util.spec_from_file_location(
-            f"bench_storm_baseline_{index}_{uuid.uuid4().hex}", path
-        )
-        if spec is None or spec.loader is None:
-            raise RuntimeError("the baseline module cannot be loaded")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        module.requests = _CountingRequests(requests, calls)  # type: ignore[attr-defined]
-        handlers.append(module.lambda_handler)
+    # Powertools' Metrics share one buffer across instances (one per process is the design); these copies
+    # stand for separate containers, so each gets a buffer of its own, as a container's process would.
+    shared_metrics = aws_lambda_powertools.Metrics
+    aws_lambda_powertools.Metrics = EphemeralMetrics  # type: ignore[misc,assignment]
+    try:
+        handlers = [_load_baseline(path, index, calls, requests) for index in range(count)]
+    finally:
+        aws_lambda_powertools.Metrics = shared_metrics  # type: ignore[misc]
     return handlers
+
+
+def _load_baseline(path: Path, index: int, calls: CallLog, requests: Any) -> Handler:
+    spec = importlib.util.spec_from_file_location(f"bench_storm_baseline_{index}_{uuid.uuid4().hex}", path)
+    if spec is None or spec.loader is None:
+        raise RuntimeError("the baseline module cannot be loaded")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.requests = _CountingRequests(requests, calls)  # type: ignore[attr-defined]
+    handler: Handler = module.lambda_handler
+    return handler
 
 
 # -- the emulated event source mapping ---------------------------------------------------------------------
