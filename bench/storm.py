@@ -1,4 +1,4 @@
-"""The outage storm: a backlog of failures against a rate-limited Capillary, for the resender and the baseline.
+"""The outage storm: a backlog of failures against a rate-limited Capillary; resender and baseline.
 
     python -m bench.run --storm [--storm-messages 200] [--storm-pollers 5] [--storm-outage 15]
 
@@ -248,7 +248,7 @@ class Poller(threading.Thread):
             event = {"Records": [lambda_record(message, self._arn) for message in messages]}
             try:
                 response = self._handler(event, Context())
-            except Exception:  # noqa: BLE001 - a failed invocation hands the whole batch back, as in Lambda
+            except Exception:  # a failed invocation hands the whole batch back, as in Lambda
                 self.errors += 1
                 continue
             failed = {item["itemIdentifier"] for item in (response or {}).get("batchItemFailures", [])}
@@ -321,51 +321,44 @@ class Stack:
         return open_until is not None and float(open_until["N"]) / 1000 > time.time()
 
 
+@dataclass
+class Rig:
+    """What every run shares: the servers' process, the emulated stack, the id source, the storm's size."""
+
+    srv: Any
+    stack: Stack
+    ids: IdAllocator
+    messages: int
+
+
+@dataclass
+class Outage:
+    start: float
+    end: float
+    opened_at: float | None = None  # when the bench first saw the shared breaker open
+    over: bool = False
+
+
 def run_storm(
-    implementation: str,
-    scenario: Scenario,
-    handlers: list[Handler],
-    calls: CallLog,
-    srv: Any,
-    stack: Stack,
-    ids: IdAllocator,
-    messages: int,
+    implementation: str, scenario: Scenario, handlers: list[Handler], calls: CallLog, rig: Rig
 ) -> StormResult:
+    srv, stack, messages = rig.srv, rig.stack, rig.messages
     srv.command("reset")
     srv.command("window_limit", calls=LIMIT_PER_WINDOW, seconds=WINDOW_SECONDS)
     ideal = messages / RATE_PER_SECOND + scenario.outage_seconds
     result = StormResult(implementation, scenario.name, messages, ideal_seconds=ideal)
-    stack.fill(ids.take(messages))
+    stack.fill(rig.ids.take(messages))
     stop = threading.Event()
     pollers = [Poller(handler, stack.sqs, stack.queue_url, stack.queue_arn, stop) for handler in handlers]
     started = time.monotonic()
-    deadline = started + 4 * ideal + 30
-    outage: tuple[float, float] | None = None
-    opened_at: float | None = None
-    restored = False
     for poller in pollers:
         poller.start()
-    while time.monotonic() < deadline:
-        stats = srv.command("storm_stats")
-        dead = stack.dead_lettered()
-        now = time.monotonic()
-        if scenario.outage_seconds and outage is None and stats["resent"] >= messages / 3:
-            srv.command("outage", on=True)
-            outage = (now, now + scenario.outage_seconds)
-        if outage is not None and opened_at is None and now < outage[1]:
-            if stack.breaker_open(stack.pacing_table):
-                opened_at = now
-        if outage is not None and now >= outage[1] and not restored:
-            srv.command("outage", on=False)
-            restored = True
-        if stats["resent"] + dead >= messages:
-            break
-        time.sleep(0.2)  # the bench's own sampling period, not a synchronisation
+    outage = _watch(rig, scenario, deadline=started + 4 * ideal + 30)
     result.drain_seconds = time.monotonic() - started
     stop.set()
     for poller in pollers:
         poller.join(timeout=60)
-    if outage is not None and not restored:
+    if outage is not None and not outage.over:
         srv.command("outage", on=False)
     stats = srv.command("storm_stats")
     result.resent = stats["resent"]
@@ -377,19 +370,43 @@ def run_storm(
     result.handler_errors = sum(poller.errors for poller in pollers)
     result.unresolved = max(0, messages - result.resent - result.dead_lettered)
     if outage is not None:
-        start, end = outage
-        during = calls.between(start, end)
-        result.outage_calls = len(during)
-        # Calls per breaker interval once the breaker (or, for the baseline, the first interval) has passed.
-        first = (opened_at or start) + BREAKER_INTERVAL_SECONDS
-        counts: list[int] = []
-        at = first
-        while at < end:
-            counts.append(len([t for t in during if at <= t < at + BREAKER_INTERVAL_SECONDS]))
-            at += BREAKER_INTERVAL_SECONDS
-        result.max_calls_per_interval = max(counts, default=0)
-        result.breaker_intervals = len(counts)
+        _outage_figures(result, outage, calls)
     return result
+
+
+def _watch(rig: Rig, scenario: Scenario, deadline: float) -> Outage | None:
+    """Sample the run until every record is resent or dead-lettered; start and end the outage on the way."""
+    outage: Outage | None = None
+    while time.monotonic() < deadline:
+        stats = rig.srv.command("storm_stats")
+        dead = rig.stack.dead_lettered()
+        now = time.monotonic()
+        if scenario.outage_seconds and outage is None and stats["resent"] >= rig.messages / 3:
+            rig.srv.command("outage", on=True)
+            outage = Outage(now, now + scenario.outage_seconds)
+        if outage is not None and outage.opened_at is None and now < outage.end:
+            outage.opened_at = now if rig.stack.breaker_open(rig.stack.pacing_table) else None
+        if outage is not None and now >= outage.end and not outage.over:
+            rig.srv.command("outage", on=False)
+            outage.over = True
+        if stats["resent"] + dead >= rig.messages:
+            break
+        time.sleep(0.1)  # the bench's own sampling period, not a synchronisation
+    return outage
+
+
+def _outage_figures(result: StormResult, outage: Outage, calls: CallLog) -> None:
+    """Calls while Capillary refused, and the most in one breaker interval once the breaker had opened."""
+    during = calls.between(outage.start, outage.end)
+    result.outage_calls = len(during)
+    # For the baseline, which has no breaker, counting starts one interval into the outage.
+    at = (outage.opened_at or outage.start) + BREAKER_INTERVAL_SECONDS
+    counts: list[int] = []
+    while at < outage.end:
+        counts.append(len([t for t in during if at <= t < at + BREAKER_INTERVAL_SECONDS]))
+        at += BREAKER_INTERVAL_SECONDS
+    result.max_calls_per_interval = max(counts, default=0)
+    result.breaker_intervals = len(counts)
 
 
 # -- the whole benchmark -----------------------------------------------------------------------------------
@@ -427,6 +444,7 @@ def storm(
     from resender.local.aws import patched_environ
 
     stack = Stack(srv.ready)
+    rig = Rig(srv, stack, ids, messages)
     results: list[StormResult] = []
     print_header(messages, pollers)
     for scenario in scenarios(outage_seconds):
@@ -444,7 +462,7 @@ def storm(
                 else:
                     with patched_environ({"POWERTOOLS_LOG_LEVEL": "CRITICAL"}):
                         handlers = baseline_handlers(pollers, calls)
-                    result = run_storm(implementation, scenario, handlers, calls, srv, stack, ids, messages)
+                    result = run_storm(implementation, scenario, handlers, calls, rig)
             print_row(result)
             results.append(result)
     print_legend()
@@ -481,19 +499,17 @@ def print_row(result: StormResult) -> None:
         )
 
 
+LEGEND: Final = (
+    "double: resends beyond the first for one messageId; DLQ: records in the dead-letter queue at the end",
+    "outage calls: calls to Capillary while it refused connections; max/intv: most calls in one breaker",
+    f"interval ({BREAKER_INTERVAL_SECONDS:g} s) once the breaker had opened (baseline: after the first one)",
+    f"ideal: N / {RATE_PER_SECOND:g} per s (+ the outage); drain: until all are resent or dead-lettered",
+)
+
+
 def print_legend() -> None:
-    print(
-        "  double: resends beyond the first for one messageId; DLQ: records in the dead-letter queue at the end"
-    )
-    print(
-        "  outage calls: calls to Capillary while it refused connections; max/intv: most calls in one breaker"
-    )
-    print(
-        f"  interval ({BREAKER_INTERVAL_SECONDS:g} s) after the breaker opened (baseline: after the first interval)"
-    )
-    print(
-        f"  ideal: N / {RATE_PER_SECOND:g} per s (+ the outage); drain: until every record is resent or dead-lettered"
-    )
+    for line in LEGEND:
+        print(f"  {line}")
 
 
 def storm_targets(results: list[StormResult]) -> list[tuple[str, str, bool]]:

@@ -52,6 +52,9 @@ GRANT_ATTEMPTS: Final = 4
 # start); afterwards the limit is known to be near, so step back gently and stay close to it.
 FIRST_DECREASE: Final = 0.5
 DECREASE: Final = 0.8
+# The adaptive rate settles this far below the limit it found, and probes past it by this much per period.
+NEAR_CEILING: Final = 0.95
+PROBE_STEP: Final = 0.01
 # A refusal by DynamoDB itself: try again after this long.
 UNAVAILABLE_RETRY_SECONDS: Final = 5.0
 
@@ -164,11 +167,11 @@ class PacingConfig:
         """The rate one period of success later."""
         if ceiling is None:
             raised = rate * 2  # the limit is unknown: find it fast
-        elif rate < ceiling:
-            # Back towards the last throttled rate: halfway each period, never by less than 5 % of it.
-            raised = rate + max(1.0, (ceiling - rate) / 2, ceiling * 0.05)
+        elif rate < ceiling * NEAR_CEILING:
+            # Back towards the limit last found: halfway a period (at least 5 % of it), stopping just short.
+            raised = min(ceiling * NEAR_CEILING, rate + max((ceiling - rate) / 2, ceiling * 0.05))
         else:
-            raised = rate + max(1.0, ceiling * 0.02)  # above it, probe slowly
+            raised = rate + ceiling * PROBE_STEP  # past it, slowly: a raised limit is found again
         return min(raised, self.rate) if self.rate is not None else raised
 
 
@@ -309,8 +312,9 @@ class SharedPacer:
         if hold > now:
             return Refusal(permit.org, HoldReason.LIMITED, hold, "Capillary asked to wait (Retry-After)")
         open_until = seen.item.get("openUntil")
-        if not permit.probe and open_until is not None and open_until / 1000 > now:
-            return _open(permit.org, open_until)
+        if not permit.probe and open_until is not None:
+            # Open, or half-open with its one probe elsewhere: a slot reserved earlier is not a probe.
+            return _open(permit.org, max(open_until, now * 1000 + 1000))
         return None
 
     def _refresh(self, org: str, now: float) -> _Seen | None:
@@ -366,22 +370,40 @@ class SharedPacer:
             )
         seen_item = self._snapshot(permit.org)
         item = seen_item.item if seen_item else {}
-        if now_ms - item.get("decreasedAt", 0) < config.window_seconds * 1000:
+        window_ms = config.window_seconds * 1000
+        decreased_at = item.get("decreasedAt")
+        if decreased_at is not None and now_ms - decreased_at < window_ms:
             return  # one decrease per window: the answers of one congested window are one signal
-        first = "ceiling" not in item
-        lowered = max(config.min_rate, permit.rate_per_window * (FIRST_DECREASE if first else DECREASE))
+        ceiling, lowered = self._lowered(permit.rate_per_window, retry_after, item, now_ms)
         self._conditional(
             permit.org,
             "SET #rate = :rate, ceiling = :ceiling, changedAt = :now, decreasedAt = :now",
             "attribute_not_exists(decreasedAt) OR decreasedAt < :cooled",
             {
                 ":rate": _n(lowered),
-                ":ceiling": _n(permit.rate_per_window),
+                ":ceiling": _n(ceiling),
                 ":now": _n(now_ms),
                 ":cooled": _n(now_ms - int(config.window_seconds * 1000)),
             },
             names={"#rate": "rate"},
         )
+
+    def _lowered(
+        self, rate: float, retry_after: float | None, item: Mapping[str, float], now_ms: int
+    ) -> tuple[float, float]:
+        """(the limit this throttle suggests, the rate to go on with)."""
+        config = self._config
+        window = config.window_seconds
+        if retry_after is not None and 0 < retry_after < window:
+            # A fixed-window limiter says how long its window still runs: what went through since it began is
+            # about the limit. Calls went out at ``rate`` per window, so the limit is the share already used.
+            limit = max(config.min_rate, rate * (window - retry_after) / window)
+            return limit, max(config.min_rate, limit * NEAR_CEILING)
+        # No usable Retry-After: multiplicative decrease, halving while throttles come window after window.
+        decreased_at = item.get("decreasedAt")
+        again = decreased_at is not None and now_ms - decreased_at < 2 * window * 1000
+        factor = FIRST_DECREASE if "ceiling" not in item or again else DECREASE
+        return rate, max(config.min_rate, rate * factor)
 
     def _failed(self, org: str) -> None:
         config = self._config

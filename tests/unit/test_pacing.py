@@ -89,6 +89,7 @@ def refused(outcome: Permit | Refusal) -> Refusal:
 
 RESENT = ResendResult(Verdict.RESENT, resent_message_id=1, http_status=200)
 THROTTLED = ResendResult(Verdict.TRANSIENT, error_code=429, http_status=429, retry_after_seconds=2.0)
+THROTTLED_NO_HINT = ResendResult(Verdict.TRANSIENT, error_code=429, http_status=429)
 BUSY = ResendResult(Verdict.TRANSIENT, error_code=461, http_status=461)
 REFUSED = ResendResult(Verdict.TRANSIENT, error_message="connection failed: the request was not sent")
 DROPPED = ResendResult(Verdict.UNCERTAIN, error_message="the connection dropped after the request was sent")
@@ -133,6 +134,18 @@ def test_no_slot_within_the_wait_is_a_refusal_that_takes_nothing(dynamodb, clock
     assert refusal.reason is HoldReason.LIMITED
     assert refusal.retry_at == pytest.approx(clock.now + 3, abs=0.002)
     assert limiter.state(ORG) == before
+
+
+def test_a_bucket_seen_full_a_moment_ago_refuses_without_a_request(dynamodb, clock) -> None:
+    limiter = pacer(dynamodb, clock, rate=60.0)
+    for _ in range(3):
+        granted(limiter.acquire(ORG, 2))
+    calls = counted(dynamodb)
+
+    for _ in range(10):
+        refused(limiter.acquire(ORG, 2))
+
+    assert calls == Counter()  # tat only moves forward: a slot seen taken is still taken
 
 
 def test_the_bucket_refills_continuously_not_at_the_top_of_the_minute(dynamodb, clock) -> None:
@@ -200,10 +213,34 @@ def test_throttling_lowers_the_shared_rate_once_per_window_and_holds_the_whole_o
     first.observe(permit, THROTTLED)  # the same congested window: one decrease
 
     state = first.state(ORG)
-    assert (state["rate"], state["ceiling"]) == (30, 60)
+    # Retry-After 2 s of a 60 s window: 58 s of it went by at 60 per window, so the limit is about 58.
+    assert (state["rate"], state["ceiling"]) == (pytest.approx(55.1), pytest.approx(58))
     # Retry-After: 2 s for every container, not only the one that was told.
     assert granted(second.acquire(ORG, 10)).go_at >= clock.now + 2
     assert refused(second.acquire(ORG, 0)).reason is HoldReason.LIMITED
+
+
+def test_the_limit_is_read_from_how_much_of_its_window_a_retry_after_leaves(dynamodb, clock) -> None:
+    limiter = pacer(dynamodb, clock, start_rate=600.0, window_seconds=60.0)
+    permit = granted(limiter.acquire(ORG, 10))
+    # Capillary allows 100 a minute: at 600 a minute its window is full after 10 s, 50 s before it ends.
+    limiter.observe(permit, ResendResult(Verdict.TRANSIENT, http_status=429, retry_after_seconds=50.0))
+
+    state = limiter.state(ORG)
+    assert state["ceiling"] == pytest.approx(100)
+    assert state["rate"] == pytest.approx(95)
+
+
+def test_without_a_retry_after_the_rate_halves_then_steps_back_gently(dynamodb, clock) -> None:
+    limiter = pacer(dynamodb, clock, start_rate=80.0)
+    limiter.observe(granted(limiter.acquire(ORG, 10)), THROTTLED_NO_HINT)
+    assert limiter.state(ORG)["rate"] == 40  # the first throttle: halved
+    clock.now += 61
+    limiter.observe(granted(limiter.acquire(ORG, 10)), THROTTLED_NO_HINT)
+    assert limiter.state(ORG)["rate"] == 20  # throttled again in the next window: halved again
+    clock.now += 200
+    limiter.observe(granted(limiter.acquire(ORG, 10)), THROTTLED_NO_HINT)
+    assert limiter.state(ORG)["rate"] == 16  # a throttle after a quiet spell: 20 % less
 
 
 def test_busy_answers_lower_the_rate_like_429s(dynamodb, clock) -> None:
@@ -254,15 +291,15 @@ def test_sustained_success_raises_the_rate_towards_the_last_throttled_one_then_p
     dynamodb, clock
 ) -> None:
     limiter = pacer(dynamodb, clock, start_rate=100.0, period_seconds=30.0)
-    limiter.observe(granted(limiter.acquire(ORG, 10)), THROTTLED)  # 100 -> 50, ceiling 100
+    limiter.observe(granted(limiter.acquire(ORG, 10)), THROTTLED_NO_HINT)  # 100 -> 50, ceiling 100
     rates = []
-    for _ in range(5):
+    for _ in range(12):
         clock.now += 31
         granted(limiter.acquire(ORG, 60))
         granted(limiter.acquire(ORG, 60))  # busy: the rate is what holds calls back
         rates.append(limiter.state(ORG)["rate"])
 
-    assert rates[0] == 75  # halfway back to the ceiling
+    assert rates[:5] == [75, 87.5, 93.75, 95, 96]  # halfway back, stopping just short, then 1 % a period
     assert rates == sorted(rates)
     assert rates[-1] > 100  # past it, slowly: a raised limit is found again
 
@@ -291,9 +328,9 @@ def test_without_a_known_limit_the_rate_doubles_per_busy_period(dynamodb, clock)
 
 def test_the_rate_climbs_back_to_the_configured_one_and_never_past_it(dynamodb, clock) -> None:
     limiter = pacer(dynamodb, clock, rate=50.0, period_seconds=5.0)
-    limiter.observe(granted(limiter.acquire(ORG, 60)), THROTTLED)  # 50 -> 25
+    limiter.observe(granted(limiter.acquire(ORG, 60)), THROTTLED_NO_HINT)  # 50 -> 25
     seen = []
-    for _ in range(8):
+    for _ in range(10):
         clock.now += 6
         granted(limiter.acquire(ORG, 60))
         granted(limiter.acquire(ORG, 60))
@@ -366,6 +403,22 @@ def test_one_probe_per_interval_across_containers_and_its_success_closes_the_bre
     clock.now += 1.5
     assert not granted(first.acquire(ORG, 10)).probe
     assert "openUntil" not in first.state(ORG)
+
+
+def test_a_slot_reserved_before_the_breaker_opened_is_not_a_second_probe(dynamodb, clock) -> None:
+    first = pacer(dynamodb, clock, rate=60.0, breaker_threshold=1, breaker_open_seconds=30.0)
+    second = pacer(dynamodb, clock, rate=60.0, breaker_threshold=1, breaker_open_seconds=30.0)
+    reserved = granted(second.acquire(ORG, 60))
+    reserved_late = granted(second.acquire(ORG, 60))
+    first.observe(granted(first.acquire(ORG, 60)), REFUSED)  # opens the breaker
+    clock.now += 31  # the interval is over: half-open, and nobody has probed yet
+
+    for permit in (reserved, reserved_late):
+        hold = second.still_valid(permit)
+        assert hold is not None and hold.reason is HoldReason.BREAKER_OPEN
+    probe = granted(first.acquire(ORG, 60))
+    assert probe.probe
+    assert first.still_valid(probe) is None
 
 
 def test_a_failed_probe_keeps_the_breaker_open_for_another_interval(dynamodb, clock) -> None:

@@ -327,7 +327,7 @@ class CapillaryStub:
             return self._throttled
 
     def calls_per_window(self, seconds: float) -> dict[int, int]:
-        """Resend calls that passed authentication, counted per fixed window of ``seconds`` since the epoch."""
+        """Authenticated resend calls, counted per fixed window of ``seconds`` since the epoch."""
         with self._lock:
             counts: dict[int, int] = {}
             for call in self._calls:
