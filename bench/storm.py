@@ -494,9 +494,8 @@ def print_row(result: StormResult) -> None:
         flush=True,
     )
     if result.unresolved or result.handler_errors:
-        print(
-            f"    {result.unresolved} neither resent nor dead-lettered; {result.handler_errors} failed invocations"
-        )
+        unresolved, errors = result.unresolved, result.handler_errors
+        print(f"    {unresolved} neither resent nor dead-lettered; {errors} failed invocations")
 
 
 LEGEND: Final = (
