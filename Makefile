@@ -4,54 +4,62 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help install test unit integration lint format demo bench fuzz validate build clean
+.PHONY: help install lock test test-runtime unit integration lint format demo bench fuzz validate build clean
 
-help:
-	@echo "make demo      run the resender end to end against emulated AWS and a local Capillary stub"
-	@echo "make test      lint, type-check and run the whole test suite"
-	@echo "make lint      ruff check, ruff format --check and mypy --strict"
-	@echo "make bench     print throughput, request and cold-start figures"
+help:  ## list every target
+	@awk -F':.*## ' '/^[a-z][a-z-]*:.*## / {printf "make %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-$(STAMP): pyproject.toml
+# Exactly the locked versions (hashes checked), then the project itself without resolving anything again.
+$(STAMP): pyproject.toml requirements/dev.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --require-hashes -r requirements/dev.txt
+	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
-install: $(STAMP)
+install: $(STAMP)  ## create .venv and install the package with its development tools
+lock:  ## refresh uv.lock (UPGRADE=1 to take newer releases) and the requirement files exported from it
+	bash tools/lock.sh
 
-lint: $(STAMP)
+
+lint: $(STAMP)  ## ruff check, ruff format --check and mypy --strict
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
 
-format: $(STAMP)
+format: $(STAMP)  ## format the code and apply ruff's safe fixes
 	$(BIN)/ruff format src tests bench
 	$(BIN)/ruff check --fix src tests bench
 
-test: lint
+test: lint  ## lint, type-check and run the whole test suite
 	$(BIN)/python -m pytest
 
-unit: $(STAMP)
-	$(BIN)/python -m pytest tests/unit
+# The Lambda runtime's Python, read from template.yaml, in a virtual environment of its own.
+RUNTIME_PYTHON_VERSION := $(shell sed -n 's/^ *Runtime: python\(3\.[0-9]*\).*/\1/p' template.yaml | head -n 1)
 
-integration: $(STAMP)
-	$(BIN)/python -m pytest tests/integration
+test-runtime:  ## the same lint and suite on the Lambda runtime's Python (from template.yaml)
+	$(MAKE) test PYTHON="$$(bash tools/find-python.sh $(RUNTIME_PYTHON_VERSION))" VENV=.venv-py$(RUNTIME_PYTHON_VERSION)
 
-demo: $(STAMP)
+unit: $(STAMP)  ## run the unit tests only
+	$(BIN)/python -m pytest -m unit
+
+integration: $(STAMP)  ## run the integration tests only (moto server and the Capillary stub)
+	$(BIN)/python -m pytest -m integration
+
+demo: $(STAMP)  ## run the resender end to end against emulated AWS and a local Capillary stub
 	$(BIN)/resender demo
 
-clean:
+clean:  ## remove the virtual environment, caches and SAM build output
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .aws-sam
 
-validate:
+validate:  ## sam validate --lint and checkov on template.yaml, each in its own virtual environment
 	bash tools/validate.sh
 
-build:
+build:  ## sam build: the Lambda artefact under .aws-sam/
 	bash tools/build.sh
 
-fuzz: $(STAMP)
+fuzz: $(STAMP)  ## property-based fuzzing with FUZZ_EXAMPLES examples per property (default 10000)
 	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-10000} $(BIN)/python -m pytest tests/unit/test_fuzz.py -q -p no:cacheprovider --hypothesis-show-statistics
 
-bench: $(STAMP)
+bench: $(STAMP)  ## print throughput, request, cold-start and outage-storm figures (BENCH_ARGS=--storm: storm only)
 	$(BIN)/python -m bench.run $(BENCH_ARGS)

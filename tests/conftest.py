@@ -27,6 +27,17 @@ FAKE_AWS = {
 OAUTH_SECRET = {"authType": "oauth", "clientKey": "demo-client-key", "clientSecret": "demo-client-secret"}
 
 
+#: Each test folder is one kind of test; its marker lets ``-m unit`` (etc.) pick a kind wherever it runs.
+KIND_BY_FOLDER = {"unit": "unit", "integration": "integration", "template": "template"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        folder = item.path.parent.name
+        if folder in KIND_BY_FOLDER:
+            item.add_marker(KIND_BY_FOLDER[folder])
+
+
 @pytest.fixture(autouse=True)
 def _isolated_aws_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """No test may reach a real AWS account or read the developer's profile."""

@@ -7,19 +7,22 @@ cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
 TEMPLATE="${TEMPLATE:-template.yaml}"
 
-# ensure_venv DIR PACKAGE EXECUTABLE: create DIR with PACKAGE installed unless EXECUTABLE already runs.
+# ensure_venv DIR LOCKFILE EXECUTABLE: DIR holds exactly LOCKFILE's versions (hashes checked); rebuilt when
+# the lock changes.
 ensure_venv() {
-    local dir="$1" package="$2" executable="$3"
-    if [ ! -x "$dir/bin/$executable" ]; then
-        echo ">> creating $dir ($package)"
+    local dir="$1" lockfile="$2" executable="$3"
+    if [ ! -x "$dir/bin/$executable" ] || ! cmp -s "$lockfile" "$dir/.installed-from"; then
+        echo ">> creating $dir (from $lockfile)"
+        rm -rf "$dir"
         "$PYTHON" -m venv "$dir"
         "$dir/bin/python" -m pip install --quiet --upgrade pip
-        "$dir/bin/python" -m pip install --quiet "$package"
+        "$dir/bin/python" -m pip install --quiet --require-hashes -r "$lockfile"
+        cp "$lockfile" "$dir/.installed-from"
     fi
 }
 
-ensure_venv .venv-sam aws-sam-cli sam
-ensure_venv .venv-checkov checkov checkov
+ensure_venv .venv-sam requirements/sam.txt sam
+ensure_venv .venv-checkov requirements/checkov.txt checkov
 
 # sam validate needs a region; it makes no AWS call with --lint, but botocore wants credentials present.
 export AWS_DEFAULT_REGION="${AWS_DEFAULT_REGION:-us-east-1}"

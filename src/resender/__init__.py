@@ -1,1 +1,1 @@
-"""Resend failed Capillary communications exactly once per messageId."""
+"""Resend failed Capillary communications at most once per messageId."""

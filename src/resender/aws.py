@@ -6,6 +6,7 @@ SDK's own ``AWS_ENDPOINT_URL`` points the same code at a local emulator.
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any
 
 import boto3
@@ -28,9 +29,18 @@ def client_config(pool_size: int) -> Config:
     )
 
 
+def region_from_environment() -> str | None:
+    """``AWS_REGION`` before ``AWS_DEFAULT_REGION``, as the AWS CLI v2 and Lambda's runtime read them.
+
+    botocore reads only ``AWS_DEFAULT_REGION`` (and then the profile); Lambda sets both, but a shell that
+    follows the AWS CLI's habit exports only ``AWS_REGION``.
+    """
+    return os.environ.get("AWS_REGION", "").strip() or None
+
+
 class AwsClients:
     def __init__(self, pool_size: int = 10, session: boto3.session.Session | None = None) -> None:
-        self._session = session or boto3.session.Session()
+        self._session = session or boto3.session.Session(region_name=region_from_environment())
         config = client_config(pool_size)
         self.dynamodb: DynamoDBClient = self._client("dynamodb", config)
         self.secretsmanager: SecretsManagerClient = self._client("secretsmanager", config)

@@ -1,6 +1,8 @@
 """The resender command: answer operators' questions, redrive the DLQ, resend by hand, run locally.
 
-Exit codes: 0 done, 1 not found, 2 usage, configuration or AWS error (one line on stderr, no traceback).
+Exit codes: 0 done, 1 not found, 2 usage, configuration or AWS error (one line on stderr, no traceback);
+resend only: 3 Capillary answered without resending (NOT_FOUND, REJECTED, UNCERTAIN, or a refusal to do it
+now), 4 Capillary was never reached (credentials, network, circuit breaker), so nothing was sent.
 AWS is chosen as the AWS CLI chooses it (--profile/--region/--endpoint-url, else AWS_PROFILE, AWS_REGION,
 AWS_ENDPOINT_URL and the profile's settings); the table and queues come from options or the function's own
 environment variables.
@@ -10,11 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn, TextIO
+from typing import TYPE_CHECKING, Any, Final, NoReturn, TextIO
 
 from resender.models import Status
 
@@ -25,6 +29,8 @@ if TYPE_CHECKING:
 EXIT_OK = 0
 EXIT_NOT_FOUND = 1
 EXIT_USAGE = 2
+EXIT_NOT_RESENT = 3
+EXIT_UNREACHED = 4
 EXIT_INTERRUPTED = 130
 
 LIST_LIMIT_MAX = 1000
@@ -93,6 +99,11 @@ def _aws_options() -> _Parser:
     group.add_argument(
         "--endpoint-url", help="AWS endpoint, e.g. a local emulator (default: AWS_ENDPOINT_URL)"
     )
+    group.add_argument(
+        "--stack-name",
+        help="read the table, queues, secret and the function's settings from this deployed stack "
+        "(its outputs and its function's configuration; read-only); options still win",
+    )
     return options
 
 
@@ -122,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="resender", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
     aws, table, queues = _aws_options(), _table_option(), _queue_options()
 
@@ -153,6 +165,11 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"outcomes per page (default 20, at most {LIST_LIMIT_MAX})",
     )
     listing.add_argument("--page-token", help="the nextPageToken printed by the previous page")
+    listing.add_argument(
+        "--all",
+        action="store_true",
+        help="page through every matching outcome (pages of --limit) and print them all",
+    )
 
     invoke = commands.add_parser(
         "invoke",
@@ -170,6 +187,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     invoke.add_argument("--env-vars", metavar="FILE", help="sam-style environment file, e.g. events/env.json")
     invoke.add_argument("--verbose", action="store_true", help="also print the function's JSON log lines")
+    invoke.add_argument(
+        "--yes",
+        action="store_true",
+        help="do not ask before invoking against a non-loopback AWS endpoint or Capillary host "
+        "(required without a terminal)",
+    )
 
     redrive = commands.add_parser(
         "redrive",
@@ -204,7 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
         "Refused (exit 2) when it is already RESENT, UNCERTAIN or otherwise settled, or being resent "
         "right now, unless --force; a forced resend is recorded on the item (forced, forcedFrom, "
         "forcedBy, forcedAt). Needs the function's settings: OUTCOMES_TABLE, CAPILLARY_SECRET_ID, "
-        "CAPILLARY_BASE_URL. Exit 0 once Capillary answered, whatever it answered: the status says.",
+        "CAPILLARY_BASE_URL. Exit 0 only when it was resent; 3 when Capillary answered without "
+        "resending (NOT_FOUND, REJECTED, UNCERTAIN, or not now); 4 when Capillary was never reached "
+        "(the secret, the network or the circuit breaker), so nothing was sent; 2 when refused.",
     )
     resend.add_argument("message_id", type=_message_id, metavar="MESSAGE_ID")
     resend.add_argument(
@@ -212,7 +237,10 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="resend even if settled or in progress (changes nothing when the protocol would resend anyway)",
     )
-    resend.add_argument("--operator", help="who forces it (default: the local user name)")
+    resend.add_argument(
+        "--operator",
+        help="who forces it (default: the caller identity's ARN from STS, else the local user name)",
+    )
     resend.add_argument("--reason", help="why it is forced, stored on the item")
     resend.add_argument("--verbose", action="store_true", help="also print the function's JSON log lines")
 
@@ -232,7 +260,93 @@ def build_parser() -> argparse.ArgumentParser:
         help="then run each operator subcommand once against a fresh emulated stack (default: yes)",
     )
     demo.add_argument("--verbose", action="store_true", help="also print the function's JSON log lines")
+    local = commands.add_parser(
+        "local",
+        help="the local stack: emulated AWS and the Capillary stub, in one command",
+        description="Local runs without an AWS account. `resender local up` starts the emulated AWS and "
+        "the Capillary stub on loopback ports, creates the table, queues and secret as template.yaml "
+        "does, prints the URLs and the exact environment to use, and serves until Ctrl-C.",
+    )
+    local_commands = local.add_subparsers(dest="local_command", required=True, metavar="ACTION")
+    up = local_commands.add_parser("up", help="start and provision the local stack, then serve")
+    up.add_argument("--aws-port", type=_bounded(0, 65535), default=5000, help="emulated AWS port (5000)")
+    up.add_argument(
+        "--capillary-port", type=_bounded(0, 65535), default=8080, help="Capillary stub port (8080)"
+    )
+    up.add_argument(
+        "--not-found", type=_message_id, action="append", default=[], metavar="ID", help="answer 4223"
+    )
+    up.add_argument(
+        "--rejected", type=_message_id, action="append", default=[], metavar="ID", help="answer 400"
+    )
+    up.add_argument(
+        "--fault",
+        action="append",
+        default=[],
+        metavar="ID=BEHAVIOUR",
+        help="answer ID with BEHAVIOUR on every call, e.g. 1746061653596=throttled; see the stub's "
+        "behaviours: " + ", ".join(sorted(_behaviours())),
+    )
+    up.add_argument(
+        "--fail-next",
+        action="append",
+        default=[],
+        metavar="BEHAVIOUR",
+        help="the next call for any id gets BEHAVIOUR (repeat for several calls)",
+    )
+    up.add_argument("--env-file", type=Path, help="also write a sam --env-vars file there")
+    for name, subcommand in commands.choices.items():
+        subcommand.formatter_class = argparse.RawDescriptionHelpFormatter
+        subcommand.epilog = "examples:\n" + "\n".join(f"  {line}" for line in EXAMPLES.get(name, ()))
     return parser
+
+
+#: Shown at the foot of each subcommand's --help: the commands an operator types most.
+EXAMPLES: Final[dict[str, tuple[str, ...]]] = {
+    "status": (
+        "resender status 1746061653596 --stack-name resender-prod",
+        "resender status 1746061653596 --table resender-outcomes --region eu-west-1 --json",
+    ),
+    "list": (
+        "resender list --status UNCERTAIN --since 1d --stack-name resender-prod",
+        "resender list --status RETRYING --all --json | jq '.items | length'",
+    ),
+    "invoke": (
+        "resender invoke --local events/*.json",
+        "resender invoke --env-vars events/env.json events/sqs-plain.json",
+    ),
+    "redrive": (
+        "resender redrive --dry-run --stack-name resender-prod",
+        "resender redrive --max 100 --stack-name resender-prod",
+    ),
+    "resend": (
+        "resender resend 1746061653596 --stack-name resender-prod",
+        'resender resend 1746061653596 --force --reason "checked in Capillary" --stack-name resender-prod',
+    ),
+    "demo": ("resender demo", "resender demo --no-operator-commands"),
+    "local": (
+        "resender local up",
+        "resender local up --env-file .local/env.json --not-found 1746061653597 "
+        "--fault 1746061653598=hang_after_resend",
+    ),
+}
+
+
+def _behaviours() -> list[str]:
+    try:
+        from resender.local.stub import Behaviour
+    except ImportError:  # the local stack is not installed
+        return []
+    return [behaviour.value for behaviour in Behaviour]
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("communication-resender")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
 
 
 # -- entry point ---------------------------------------------------------------------------------------
@@ -254,23 +368,79 @@ def main(argv: Sequence[str] | None = None) -> int:
         "redrive": _redrive_command,
         "resend": _resend_command,
         "demo": _demo_command,
+        "local": _local_command,
     }
     try:
-        return handlers[args.command](args)
+        with _stack_settings(args), _function_logs(args):
+            return handlers[args.command](args)
     except NotFoundError as error:
         if getattr(args, "json", False):
             _print_json(error.details)
         return _fail(str(error), EXIT_NOT_FOUND)
     except ConfigurationError as error:
         return _fail(f"configuration error: {error}")
-    except (OperatorError, StoreError, QueueError) as error:
+    except (StoreError, QueueError) as error:
+        return _fail(f"{error}{_aws_context(args, error)}")
+    except OperatorError as error:
         return _fail(str(error))
     except (BotoCoreError, ClientError) as error:
-        return _fail(aws_failure(error))
+        return _fail(f"{aws_failure(error)}{_aws_context(args, error)}")
     except (OSError, ValueError) as error:
         return _fail(str(error))
     except KeyboardInterrupt:
         return _fail("interrupted", EXIT_INTERRUPTED)
+
+
+@contextmanager
+def _stack_settings(args: argparse.Namespace) -> Iterator[None]:
+    """With ``--stack-name``, the stack's values stand in for the environment variables they replace."""
+    stack_name = getattr(args, "stack_name", None)
+    if not stack_name:
+        yield
+        return
+    from resender.local.aws import patched_environ
+    from resender.stack_outputs import stack_environment
+
+    target = _target(args)
+    values = stack_environment(target.session(), stack_name, target.endpoint_url)
+    with patched_environ(values):
+        yield
+
+
+#: What the AWS CLI says when it finds no credentials, so an operator gets the fix they already know.
+NO_CREDENTIALS_HINT = (
+    'Unable to locate credentials. You can configure credentials by running "aws configure".'
+)
+
+
+def _aws_context(args: argparse.Namespace, error: Exception) -> str:
+    """Which resources, region and endpoint a failed AWS call was aimed at: what an operator checks first."""
+    import os
+
+    from resender.operations import OperatorError, resolve
+
+    parts: list[str] = []
+    for option, env_name, label in (
+        ("table", "OUTCOMES_TABLE", "table"),
+        ("queue_url", "SOURCE_QUEUE_URL", "queue"),
+        ("dlq_url", "DEAD_LETTER_QUEUE_URL", "dead-letter queue"),
+    ):
+        if hasattr(args, option) and (value := resolve(getattr(args, option), env_name)):
+            parts.append(f"{label} {value}")
+    if args.command == "resend" and (secret := os.environ.get("CAPILLARY_SECRET_ID")):
+        parts.append(f"secret {secret}")
+    try:
+        client = _target(args).dynamodb()
+        parts.append(f"region {client.meta.region_name or 'unset'}")
+        parts.append(f"endpoint {client.meta.endpoint_url}")
+    except OperatorError as unresolved:
+        parts.append(str(unresolved))
+    except Exception:
+        parts.append("region unknown")
+    context = f" [{', '.join(parts)}]" if parts else ""
+    if "NoCredentials" in f"{type(error).__name__} {error}":
+        context += f" {NO_CREDENTIALS_HINT}"
+    return context
 
 
 def _fail(message: str, code: int = EXIT_USAGE) -> int:
@@ -360,12 +530,16 @@ def _chain_line(report: StatusReport) -> str:
 
 
 def _list_command(args: argparse.Namespace) -> int:
-    from resender.operations import list_outcomes
+    from resender.operations import Page, list_outcomes
 
     statuses = [args.status] if args.status else list(Status)
-    page = list_outcomes(
-        _store(args), statuses, since=args.since, limit=args.limit, page_token=args.page_token
-    )
+    store = _store(args)
+    page = list_outcomes(store, statuses, since=args.since, limit=args.limit, page_token=args.page_token)
+    while args.all and page.next_page_token:
+        following = list_outcomes(
+            store, statuses, since=args.since, limit=args.limit, page_token=page.next_page_token
+        )
+        page = Page([*page.items, *following.items], following.next_page_token)
     if args.json:
         _print_json(page.to_json())
         return EXIT_OK
@@ -393,11 +567,21 @@ def _list_command(args: argparse.Namespace) -> int:
 
 def _invoke_command(args: argparse.Namespace) -> int:
     from resender.local.aws import patched_environ
-    from resender.local.runner import load_event
+    from resender.local.runner import is_env_vars_file, load_event
     from resender.operations import AwsTarget, OperatorError, load_env_vars
 
-    _quiet(args.verbose)
-    events = [(path.name, load_event(path)) for path in args.event_files]
+    events: list[tuple[str, dict[str, Any]]] = []
+    skipped: list[Path] = []
+    for path in args.event_files:
+        document = load_event(path)
+        if is_env_vars_file(document):
+            skipped.append(path)
+        else:
+            events.append((path.name, document))
+    if not events:
+        raise OperatorError("no event files to invoke (every file given is an --env-vars file)")
+    for path in skipped:
+        print(f"resender: skipped {path}: an --env-vars file, not an event", file=sys.stderr)
     if args.local:
         chosen = [
             flag for flag in ("table", "profile", "region", "endpoint_url", "env_vars") if getattr(args, flag)
@@ -414,7 +598,36 @@ def _invoke_command(args: argparse.Namespace) -> int:
     if args.table:
         overrides["OUTCOMES_TABLE"] = args.table
     with patched_environ(overrides):
+        from resender.settings import Settings
+
+        Settings.from_env()  # a configuration error is reported before anyone is asked anything
+        _confirm_real_resends(target, assume_yes=args.yes)
         return _invocations(events, target, as_json=args.json)
+
+
+def _confirm_real_resends(target: AwsTarget, *, assume_yes: bool) -> None:
+    """Invoking against real AWS or a real Capillary sends real messages to customers: ask first."""
+    import os
+    from urllib.parse import urlsplit
+
+    from resender.operations import OperatorError
+    from resender.settings import LOOPBACK_HOSTS
+
+    aws_endpoint = target.endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or ""
+    capillary = os.environ.get("CAPILLARY_BASE_URL") or ""
+    remote = [
+        f"{what} {url or 'the real AWS'}"
+        for what, url in (("AWS", aws_endpoint), ("Capillary", capillary))
+        if (urlsplit(url).hostname or "").lower() not in LOOPBACK_HOSTS
+    ]
+    if not remote or assume_yes:
+        return
+    question = f"This invocation talks to {' and '.join(remote)} and may resend real messages."
+    if not sys.stdin.isatty():
+        raise OperatorError(f"{question} Pass --yes to go ahead without a terminal to confirm on.")
+    answer = input(f"{question} Continue? [y/N] ")
+    if answer.strip().lower() not in ("y", "yes"):
+        raise OperatorError("not confirmed; nothing was invoked")
 
 
 def _invocations(events: Sequence[tuple[str, dict[str, Any]]], target: AwsTarget, *, as_json: bool) -> int:
@@ -439,7 +652,10 @@ def _invocations(events: Sequence[tuple[str, dict[str, Any]]], target: AwsTarget
             "eventFile": invocation.event_file,
             "response": invocation.response,
             "error": invocation.error,
-            "outcomes": [row.to_json() for row in record_outcomes(event, store, message_id_path)],
+            # A failed invocation produced no outcome: whatever the table holds came from elsewhere.
+            "outcomes": []
+            if invocation.error
+            else [row.to_json() for row in record_outcomes(event, store, message_id_path)],
         }
         for invocation, event in results
     ]
@@ -554,18 +770,18 @@ def _redrive_command(args: argparse.Namespace) -> int:
 def _resend_command(args: argparse.Namespace) -> int:
     from resender.operations import build_operator_container, manual_resend, operator_name
 
-    _quiet(args.verbose)
     container = build_operator_container(args.table, _target(args))
     report = manual_resend(
         container,
         args.message_id,
         force=args.force,
-        operator=operator_name(args.operator),
+        operator=operator_name(args.operator, _target(args)) if args.force else "",
         reason=args.reason,
     )
+    code = resend_exit_code(report.status, reached=report.reached_capillary)
     if args.json:
         _print_json(report.to_json())
-        return EXIT_OK
+        return code
     forced = " (forced)" if report.forced else ""
     print(
         f"messageId {report.message_id}: {report.previous_status or 'no outcome'} -> {report.status}{forced}"
@@ -573,8 +789,54 @@ def _resend_command(args: argparse.Namespace) -> int:
     print(report.reason)
     if report.resent_message_id is not None:
         print(f"resentMessageId {report.resent_message_id}")
-    if report.status == Status.RETRYING:
-        print(f"Capillary failed transiently; run resender resend {report.message_id} again later.")
+    if code == EXIT_UNREACHED:
+        print(
+            f"Capillary was not reached, so nothing was sent; fix the cause above, then run "
+            f"resender resend {report.message_id} again.",
+            file=sys.stderr,
+        )
+    elif report.status == Status.RETRYING:
+        print(
+            f"Capillary answered that it did not resend it now; run resender resend {report.message_id} "
+            "again later.",
+            file=sys.stderr,
+        )
+    return code
+
+
+def resend_exit_code(status: str, *, reached: bool) -> int:
+    """0 only for a resend; 3 when Capillary answered without resending; 4 when it was never reached."""
+    if status == Status.RESENT:
+        return EXIT_OK
+    return EXIT_NOT_RESENT if reached else EXIT_UNREACHED
+
+
+# -- local ---------------------------------------------------------------------------------------------
+
+
+def _local_command(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from resender.local.stub import Behaviour
+    from resender.local.up import StubFaults, parse_fault, serve
+
+    try:
+        behaviours = dict(parse_fault(text) for text in args.fault)
+        fail_next = [Behaviour(text.strip().lower()) for text in args.fail_next]
+    except ValueError as error:
+        return _fail(str(error))
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    serve(
+        StubFaults(args.not_found, args.rejected, behaviours, fail_next),
+        out=sys.stdout,
+        stop=stop,
+        aws_port=args.aws_port,
+        capillary_port=args.capillary_port,
+        env_file=args.env_file,
+    )
     return EXIT_OK
 
 
@@ -586,7 +848,6 @@ DEMO_DLQ_IDS = (1746061653700, 1746061653701)
 
 
 def _demo_command(args: argparse.Namespace) -> int:
-    _quiet(args.verbose)
     from resender.local.demo import run_demo
 
     code = run_demo(args.events)
@@ -679,12 +940,25 @@ def _error_cell(item: Mapping[str, Any]) -> str:
     return f"{code}: {message}" if code is not None else str(message)
 
 
-def _quiet(verbose: bool) -> None:
-    # The function logs JSON to stdout; an operator's output (and --json) must stay readable.
-    if not verbose:
-        from resender.observability import logger
+@contextmanager
+def _function_logs(args: argparse.Namespace) -> Iterator[None]:
+    """The function logs JSON to stdout; here results own stdout, so its logs go to stderr or nowhere."""
+    from resender.observability import logger
 
+    handler = logger.registered_handler
+    level = logger.log_level
+    stream = handler.stream if isinstance(handler, logging.StreamHandler) else None
+    if getattr(args, "verbose", False):
+        if isinstance(handler, logging.StreamHandler):
+            handler.setStream(sys.stderr)
+    else:
         logger.setLevel("CRITICAL")
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+        if stream is not None and isinstance(handler, logging.StreamHandler):
+            handler.setStream(stream)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ import botocore.loaders
 import botocore.session
 from botocore.exceptions import BotoCoreError, ClientError
 
+from resender.aws import region_from_environment
 from resender.events import Delivery, MessageIdParser, Notice, parse_event
 from resender.local.aws import patched_environ
 from resender.models import FINAL_STATUSES, Status
@@ -104,7 +105,7 @@ class AwsTarget:
             loader = _shared_loader()
             core.register_component("data_loader", loader)
             # The AWS CLI (v2) reads AWS_REGION before AWS_DEFAULT_REGION; botocore reads only the latter.
-            region = self.region or os.environ.get("AWS_REGION") or None
+            region = self.region or region_from_environment()
             session = boto3.session.Session(
                 botocore_session=core, profile_name=self.profile, region_name=region
             )
@@ -650,6 +651,15 @@ class ResendReport:
     resent_message_id: int | None = None
     outcome: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def reached_capillary(self) -> bool:
+        """Whether the request got to Capillary: it answered (an HTTP status), or may have (UNCERTAIN).
+
+        A RETRYING outcome without an HTTP status never left this side: the secret could not be read, the
+        connection was refused, or the circuit breaker held the call back.
+        """
+        return self.status != Status.RETRYING or "httpStatus" in self.outcome
+
     def to_json(self) -> dict[str, Any]:
         return {
             "messageId": self.message_id,
@@ -657,14 +667,26 @@ class ResendReport:
             "status": self.status,
             "forced": self.forced,
             "resentMessageId": self.resent_message_id,
+            "reachedCapillary": self.reached_capillary,
             "reason": self.reason,
             "outcome": public(self.outcome),
         }
 
 
-def operator_name(option: str | None) -> str:
+def operator_name(option: str | None, target: AwsTarget | None = None) -> str:
+    """Who forces a resend: the option, else the AWS caller identity, else the local login name.
+
+    The caller identity names the person or role behind the credentials; a login name on a shared bastion
+    is often just ``root``.
+    """
     if option:
         return option
+    if target is not None:
+        try:
+            identity = target.session().client("sts", endpoint_url=target.endpoint_url or None)
+            return str(identity.get_caller_identity()["Arn"])
+        except (BotoCoreError, ClientError, OperatorError, KeyError):
+            pass  # the resend itself reports an AWS problem; naming the operator must not hide it
     try:
         return getpass.getuser()
     except (OSError, KeyError):  # no login name in some containers

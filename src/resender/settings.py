@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TypeVar
 from urllib.parse import urlsplit
@@ -20,6 +22,33 @@ LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 
 class ConfigurationError(Exception):
     """A setting is missing or invalid; the message names the setting, never a secret."""
+
+
+# While Settings are read, each bad setting is noted and a stand-in used, so that one message names them all:
+# an operator fixing a deployment should not discover the second missing variable on the second run.
+_problems: ContextVar[list[str] | None] = ContextVar("settings_problems", default=None)
+
+
+@contextmanager
+def _all_problems_at_once() -> Iterator[None]:
+    problems: list[str] = []
+    token = _problems.set(problems)
+    try:
+        yield
+    except ConfigurationError as error:
+        problems.append(str(error))  # a check across settings, made once the values were read
+    finally:
+        _problems.reset(token)
+    if problems:
+        raise ConfigurationError("; ".join(dict.fromkeys(problems)))
+
+
+def _problem(message: str) -> None:
+    """Report one bad setting: noted while Settings are read, raised at once otherwise."""
+    problems = _problems.get()
+    if problems is None:
+        raise ConfigurationError(message)
+    problems.append(message)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,11 +85,15 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        env = os.environ if environ is None else environ
+        with _all_problems_at_once():
+            return cls._from_env(os.environ if environ is None else environ)
+
+    @classmethod
+    def _from_env(cls, env: Mapping[str, str]) -> Settings:
         settings = cls(
             outcomes_table=_required(env, "OUTCOMES_TABLE"),
             capillary_secret_id=_required(env, "CAPILLARY_SECRET_ID"),
-            capillary_base_url=validate_base_url(_required(env, "CAPILLARY_BASE_URL")),
+            capillary_base_url=_base_url(env),
             capillary_timeout_seconds=_number(env, "CAPILLARY_TIMEOUT_SECONDS", 10.0, float),
             dead_letter_queue_url=env.get("DEAD_LETTER_QUEUE_URL") or None,
             max_resend_depth=_number(env, "MAX_RESEND_DEPTH", 2, int, minimum=0),
@@ -88,12 +121,12 @@ class Settings:
             deferral_max_age_seconds=_number(env, "DEFERRAL_MAX_AGE_SECONDS", 24 * 3600, int, minimum=60),
         )
         if settings.capillary_timeout_seconds <= 0:
-            raise ConfigurationError("CAPILLARY_TIMEOUT_SECONDS must be greater than 0")
+            _problem("CAPILLARY_TIMEOUT_SECONDS must be greater than 0")
         if settings.retry_cap_seconds > 43_200:
-            raise ConfigurationError("RETRY_CAP_SECONDS must be at most 43200 (the SQS visibility limit)")
+            _problem("RETRY_CAP_SECONDS must be at most 43200 (the SQS visibility limit)")
         rate = settings.resend_rate_per_minute
         if rate is not None and rate < settings.resend_burst:
-            raise ConfigurationError("RESEND_BURST must not be larger than RESEND_RATE_PER_MINUTE")
+            _problem("RESEND_BURST must not be larger than RESEND_RATE_PER_MINUTE")
         return settings
 
 
@@ -116,21 +149,30 @@ def validate_base_url(url: str) -> str:
     )
 
 
+def _base_url(env: Mapping[str, str]) -> str:
+    raw = _required(env, "CAPILLARY_BASE_URL")
+    if raw.startswith("<"):  # unset, and already reported
+        return raw
+    try:
+        return validate_base_url(raw)
+    except ConfigurationError as error:
+        _problem(str(error))
+        return raw
+
+
 def _required(env: Mapping[str, str], name: str) -> str:
     value = env.get(name, "").strip()
     if not value:
-        raise ConfigurationError(f"{name} is not set")
+        _problem(f"{name} is not set")
+        return f"<{name} unset>"
     return value
 
 
 def _optional_rate(env: Mapping[str, str], name: str) -> float | None:
-    """A positive rate, or None when the setting is empty (no fixed ceiling)."""
+    """A rate of at least 1, or None when the setting is empty (no fixed ceiling)."""
     if not env.get(name, "").strip():
         return None
-    rate = _number(env, name, 0.0, float)
-    if rate < 1:
-        raise ConfigurationError(f"{name} must be at least 1 (leave it empty for no fixed ceiling)")
-    return rate
+    return _number(env, name, 1.0, float, minimum=1.0)
 
 
 def _number(env: Mapping[str, str], name: str, default: N, kind: type[N], minimum: N | None = None) -> N:
@@ -140,9 +182,12 @@ def _number(env: Mapping[str, str], name: str, default: N, kind: type[N], minimu
     try:
         value = kind(raw)
     except ValueError:
-        raise ConfigurationError(f"{name} must be a number, got {raw[:32]!r}") from None
+        _problem(f"{name} must be a number, got {raw[:32]!r}")
+        return default
     if isinstance(value, float) and not math.isfinite(value):
-        raise ConfigurationError(f"{name} must be a finite number, got {raw[:32]!r}")
+        _problem(f"{name} must be a finite number, got {raw[:32]!r}")
+        return default
     if minimum is not None and value < minimum:
-        raise ConfigurationError(f"{name} must be at least {minimum}")
+        _problem(f"{name} must be at least {minimum}")
+        return default
     return value

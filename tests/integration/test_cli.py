@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import json
+import socket
+import threading
 import time
+import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,11 +29,11 @@ from resender.observability import logger as resender_logger
 from resender.operations import AwsTarget, parse_since
 from resender.queues import POISON_REASON_ATTRIBUTE
 from resender.store import OutcomeStore
-from tests.builders import failure, sqs_event, sqs_record
+from tests.builders import failure, sns_event, sqs_event, sqs_record
 
 EVENTS = Path(__file__).resolve().parents[2] / "events"
 ID = 1746061653596
-SUBCOMMANDS = ("status", "list", "invoke", "redrive", "resend", "demo")
+SUBCOMMANDS = ("status", "list", "invoke", "redrive", "resend", "demo", "local")
 
 
 @dataclass(frozen=True)
@@ -193,6 +197,9 @@ def test_every_subcommand_has_help(run, command) -> None:
     assert result.code == 0
     assert result.out.startswith(f"usage: resender {command}")
     assert result.err == ""
+    examples = result.out.split("examples:\n", 1)[1].splitlines()
+    assert examples
+    assert all(line.strip().startswith(f"resender {command}") for line in examples if line.strip())
 
 
 def test_top_level_help_lists_every_subcommand(run) -> None:
@@ -243,6 +250,35 @@ def test_a_table_that_does_not_exist_is_one_line_not_a_traceback(run, local_aws)
 
     assert_one_line_error(result, 2)
     assert "ResourceNotFoundException" in result.err
+    assert "table no-such-table" in result.err
+    assert "region us-east-1" in result.err
+    assert f"endpoint {local_aws.endpoint_url}" in result.err
+
+
+def test_an_unreachable_endpoint_is_named(run, monkeypatch) -> None:
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+
+    result = run("list", "--table", "outcomes", "--endpoint-url", f"http://127.0.0.1:{port}")
+
+    assert_one_line_error(result, 2)
+    assert f"endpoint http://127.0.0.1:{port}" in result.err
+    assert "table outcomes" in result.err
+
+
+def test_missing_credentials_get_the_aws_cli_hint(run, monkeypatch, tmp_path) -> None:
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+
+    result = run("status", str(ID), "--table", "outcomes", "--region", "eu-west-1")
+
+    assert_one_line_error(result, 2)
+    assert 'You can configure credentials by running "aws configure".' in result.err
+    assert "region eu-west-1" in result.err
 
 
 def test_an_unknown_profile_is_a_configuration_error(run) -> None:
@@ -270,6 +306,114 @@ def test_region_is_resolved_as_the_aws_cli_does(monkeypatch) -> None:
     monkeypatch.delenv("AWS_REGION")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-central-1")
     assert AwsTarget().dynamodb().meta.region_name == "eu-central-1"
+
+
+@pytest.mark.parametrize("how", ["AWS_REGION", "AWS_DEFAULT_REGION", "--region"])
+@pytest.mark.parametrize("command", ["status", "list", "resend", "invoke"])
+def test_every_subcommand_resolves_the_region_the_same_way(
+    run, function_env, stub, monkeypatch, command, how
+) -> None:
+    monkeypatch.delenv("AWS_REGION", raising=False)
+    monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)
+    region_options: list[str] = []
+    if how == "--region":
+        region_options = ["--region", "us-east-1"]
+    else:
+        monkeypatch.setenv(how, "us-east-1")
+    argv = {
+        "status": ["status", str(ID)],
+        "list": ["list"],
+        "resend": ["resend", str(ID)],
+        "invoke": ["invoke", str(EVENTS / "sqs-plain.json")],
+    }[command]
+
+    result = run(*argv, *region_options, "--json")
+
+    assert "region" not in result.err.lower(), result.err
+    # status of an id nobody failed yet is "not found" (1); the others succeed.
+    assert result.code == (1 if command == "status" else 0), result.err
+    if command == "resend":
+        assert stub.resends_performed(ID) == 1
+
+
+def deploy_emulated_stack(local_aws: LocalResources, stack_name: str, base_url: str) -> None:
+    """A stack with the outputs template.yaml declares, and a function whose settings name the stub."""
+    session = boto3.session.Session(region_name="us-east-1")
+    endpoint = local_aws.endpoint_url
+    role = session.client("iam", endpoint_url=endpoint).create_role(
+        RoleName=f"{stack_name}-role",
+        AssumeRolePolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": []}),
+    )["Role"]["Arn"]
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as bundle:
+        bundle.writestr("app.py", "def lambda_handler(event, context):\n    return {}\n")
+    session.client("lambda", endpoint_url=endpoint).create_function(
+        FunctionName=f"{stack_name}-fn",
+        Runtime="python3.13",
+        Role=role,
+        Handler="resender.app.lambda_handler",
+        Code={"ZipFile": archive.getvalue()},
+        Environment={
+            "Variables": {
+                "OUTCOMES_TABLE": "stale-name",  # the stack's output wins over a stale copy
+                "CAPILLARY_SECRET_ID": local_aws.secret_id,
+                "CAPILLARY_BASE_URL": base_url,
+                "CAPILLARY_TIMEOUT_SECONDS": "2",
+                "DEAD_LETTER_QUEUE_URL": local_aws.dead_letter_queue_url,
+            }
+        },
+    )
+    outputs = {
+        "OutcomesTableName": local_aws.table_name,
+        "QueueUrl": local_aws.queue_url,
+        "DeadLetterQueueUrl": local_aws.dead_letter_queue_url,
+        "SecretArn": local_aws.secret_id,
+        "FunctionName": f"{stack_name}-fn",
+    }
+    template = {
+        "Resources": {"Marker": {"Type": "AWS::SQS::Queue", "Properties": {"QueueName": f"{stack_name}-m"}}},
+        "Outputs": {key: {"Value": value} for key, value in outputs.items()},
+    }
+    session.client("cloudformation", endpoint_url=endpoint).create_stack(
+        StackName=stack_name, TemplateBody=json.dumps(template)
+    )
+
+
+def test_stack_name_reads_every_setting_from_the_stack(run, local_aws, stub, monkeypatch) -> None:
+    for name in ("OUTCOMES_TABLE", "CAPILLARY_SECRET_ID", "CAPILLARY_BASE_URL", "DEAD_LETTER_QUEUE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    deploy_emulated_stack(local_aws, "resender-staging", stub.base_url)
+
+    resent = run("resend", str(ID), "--stack-name", "resender-staging", "--json")
+    assert resent.code == 0, resent.err
+    assert stub.resends_performed(ID) == 1
+
+    status = run("status", str(ID), "--stack-name", "resender-staging", "--json")
+    assert status.code == 0, status.err
+    assert status.json()["status"] == "RESENT"
+
+    send(local_aws, local_aws.dead_letter_queue_url, failure(ID + 1))
+    redriven = run("redrive", "--stack-name", "resender-staging", "--json")
+    assert redriven.code == 0, redriven.err
+    assert redriven.json()["moved"] == 1
+    assert redriven.json()["queueUrl"] == local_aws.queue_url
+
+
+def test_an_option_wins_over_the_stack(run, local_aws, stub, monkeypatch) -> None:
+    deploy_emulated_stack(local_aws, "resender-prod", stub.base_url)
+
+    result = run("list", "--stack-name", "resender-prod", "--table", "another-table")
+
+    assert_one_line_error(result, 2)
+    assert "table another-table" in result.err
+
+
+def test_an_unknown_stack_is_one_line_naming_it(run, local_aws) -> None:
+    result = run("list", "--stack-name", "no-such-stack")
+
+    assert_one_line_error(result, 2)
+    assert "no-such-stack" in result.err
+    assert "DescribeStacks" in result.err
 
 
 # -- status --------------------------------------------------------------------------------------------
@@ -436,6 +580,19 @@ def test_list_pages_through_everything_once(run, local_aws) -> None:
     assert listed(following) == [4, 3]
 
 
+def test_list_all_pages_through_everything(run, local_aws) -> None:
+    seed_outcomes(local_aws)
+
+    result = run("list", "--table", local_aws.table_name, "--limit", "2", "--all", "--json")
+
+    assert result.code == 0, result.err
+    assert listed(result) == [6, 5, 4, 3, 2, 1]
+    assert result.json()["nextPageToken"] is None
+    shown = run("list", "--table", local_aws.table_name, "--limit", "2", "--all")
+    assert "6 outcome(s)" in shown.out
+    assert "more:" not in shown.out
+
+
 def test_list_pages_through_outcomes_that_share_a_timestamp(run, local_aws) -> None:
     for message_id in range(100, 107):
         put_outcome(local_aws, message_id, status="RESENT", attempts=1, updatedAt="2026-01-01T00:00:00.000Z")
@@ -512,6 +669,72 @@ def test_invoke_without_configuration_is_a_configuration_error(run, tmp_path, mo
     assert "CAPILLARY" in result.err
 
 
+def test_a_failed_invocation_prints_no_outcome_it_did_not_produce(run, function_env, stub, tmp_path) -> None:
+    resent = tmp_path / "resent.json"
+    resent.write_text(json.dumps(sqs_event(failure(ID))))
+    assert run("invoke", str(resent)).code == 0
+    # The same id again, in an event the handler refuses as a whole (records of two sources).
+    mixed = sqs_event(failure(ID))
+    mixed["Records"].append(sns_event(failure(ID + 1))["Records"][0])
+    refused = tmp_path / "refused.json"
+    refused.write_text(json.dumps(mixed))
+
+    result = run("invoke", str(refused), "--json")
+
+    assert result.code == 1
+    (document,) = result.json()["invocations"]
+    assert document["error"]
+    assert document["outcomes"] == []  # the table's RESENT row is the earlier invocation's, not this one's
+
+
+def test_invoke_against_a_real_capillary_needs_yes_without_a_terminal(
+    run, function_env, stub, monkeypatch
+) -> None:
+    monkeypatch.setenv("CAPILLARY_BASE_URL", "https://eu.api.capillarytech.com")
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+
+    refused = run("invoke", str(EVENTS / "sqs-plain.json"))
+
+    assert_one_line_error(refused, 2)
+    assert "--yes" in refused.err
+    assert "Capillary https://eu.api.capillarytech.com" in refused.err
+
+
+def test_invoke_against_real_aws_asks_on_a_terminal(run, function_env, stub, monkeypatch) -> None:
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.setattr("sys.stdin", Terminal("n\n"))
+    asked: list[str] = []
+    monkeypatch.setattr("builtins.input", lambda prompt: asked.append(prompt) or "n")
+
+    declined = run("invoke", str(EVENTS / "sqs-plain.json"), "--endpoint-url", "https://dynamodb.example.com")
+
+    assert_one_line_error(declined, 2)
+    assert "not confirmed" in declined.err
+    assert "AWS https://dynamodb.example.com" in asked[0]
+    assert stub.resend_calls == []
+
+
+def test_invoke_against_loopback_endpoints_does_not_ask(run, function_env, stub, monkeypatch) -> None:
+    monkeypatch.setattr("builtins.input", lambda prompt: pytest.fail(f"asked: {prompt}"))
+
+    result = run("invoke", str(EVENTS / "sqs-plain.json"))
+
+    assert result.code == 0, result.err
+
+
+def test_invoke_json_verbose_keeps_results_on_stdout_and_logs_on_stderr(run, function_env, stub) -> None:
+    result = run("invoke", str(EVENTS / "sqs-plain.json"), "--json", "--verbose")
+
+    assert result.code == 0, result.err
+    document = result.json()  # stdout is exactly one JSON document
+    assert document["invocations"][0]["response"] == {"batchItemFailures": []}
+    logged = [json.loads(line) for line in result.err.splitlines() if line.startswith("{")]
+    assert any(line.get("message") == "resend outcome" for line in logged)
+
+
 def test_invoke_of_a_missing_file_is_a_usage_error(run, tmp_path) -> None:
     result = run("invoke", str(tmp_path / "absent.json"))
 
@@ -528,6 +751,109 @@ def test_invoke_local_starts_its_own_emulated_aws_and_stub(run, fresh_moto) -> N
     assert plain["response"] == {"batchItemFailures": []}
     assert {row["status"] for row in plain["outcomes"]} == {"RESENT"}
     assert {row["status"] for row in poison["outcomes"]} == {"POISON"}
+
+
+def test_invoke_local_of_the_events_glob_skips_the_env_vars_file(run, fresh_moto) -> None:
+    files = sorted(str(path) for path in EVENTS.glob("*.json"))  # what the shell makes of events/*.json
+    assert any(path.endswith("env.json") for path in files)
+
+    result = run("invoke", "--local", *files, "--json")
+
+    assert result.code == 0, result.err
+    invoked = {document["eventFile"] for document in result.json()["invocations"]}
+    assert invoked == {Path(path).name for path in files} - {"env.json"}
+    assert "skipped" in result.err
+    assert "env.json" in result.err
+
+
+def test_invoke_of_a_file_that_is_not_json_names_the_file(run, tmp_path) -> None:
+    broken = tmp_path / "broken-event.json"
+    broken.write_text('{"Records": [', encoding="utf-8")
+
+    result = run("invoke", "--local", str(broken))
+
+    assert_one_line_error(result, 2)
+    assert "broken-event.json" in result.err
+    assert "not valid JSON" in result.err
+
+
+def test_invoke_of_only_an_env_vars_file_is_a_usage_error(run) -> None:
+    result = run("invoke", "--local", str(EVENTS / "env.json"))
+
+    assert_one_line_error(result, 2)
+    assert "no event files" in result.err
+
+
+def test_version_prints_the_installed_version(run) -> None:
+    from importlib.metadata import version
+
+    result = run("--version")
+
+    assert result.code == 0
+    assert result.out.strip() == f"resender {version('communication-resender')}"
+
+
+def test_local_up_serves_a_provisioned_stack_with_the_faults_asked_for(
+    run, fresh_moto, tmp_path, monkeypatch
+) -> None:
+    from resender.local.up import RunningStack, StubFaults, parse_fault, serve
+
+    ready = threading.Event()
+    stop = threading.Event()
+    started: list[RunningStack] = []
+    printed = io.StringIO()
+    env_file = tmp_path / "env.json"
+    faults = StubFaults(
+        not_found=[ID + 1], rejected=[ID + 2], behaviours=dict([parse_fault(f"{ID + 3}=throttled")])
+    )
+
+    def on_ready(stack: RunningStack) -> None:
+        started.append(stack)
+        ready.set()
+
+    server = threading.Thread(
+        target=serve,
+        args=(faults,),
+        kwargs={
+            "out": printed,
+            "stop": stop,
+            "aws_port": 0,
+            "capillary_port": 0,
+            "env_file": env_file,
+            "on_ready": on_ready,
+        },
+    )
+    server.start()
+    try:
+        assert ready.wait(30)
+        (stack,) = started
+        shown = printed.getvalue()
+        for name, value in stack.environment().items():
+            assert f"export {name}={value}" in shown
+        assert stack.resources.table_name in shown
+        assert "sam local invoke" in shown
+        for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "AWS_REGION"):
+            monkeypatch.delenv(name, raising=False)
+        event = tmp_path / "event.json"
+        event.write_text(json.dumps(sqs_event(*(failure(ID + n) for n in range(4)))))
+
+        result = run("invoke", "--env-vars", str(env_file), str(event), "--json")
+
+        assert result.code == 0, result.err
+        statuses = {row["messageId"]: row["status"] for row in result.json()["invocations"][0]["outcomes"]}
+        assert statuses == {ID: "RESENT", ID + 1: "NOT_FOUND", ID + 2: "REJECTED", ID + 3: "RETRYING"}
+        assert stack.stub.resends_performed(ID) == 1
+    finally:
+        stop.set()
+        server.join(30)
+    assert not server.is_alive()
+
+
+def test_local_up_refuses_an_unknown_behaviour(run) -> None:
+    result = run("local", "up", "--fault", f"{ID}=explode")
+
+    assert_one_line_error(result, 2)
+    assert "explode" in result.err
 
 
 def test_invoke_local_refuses_aws_options(run) -> None:
@@ -812,6 +1138,17 @@ def test_resend_force_on_uncertain_resends_once_and_records_it(run, function_env
     assert stub.resends_performed(ID) == 1
 
 
+def test_forced_by_defaults_to_the_caller_identity(run, function_env, stub, local_aws) -> None:
+    put_outcome(local_aws, ID, status="UNCERTAIN", attempts=1, updatedAt="2026-01-01T00:00:00.000Z")
+    caller = boto3.client("sts", region_name="us-east-1").get_caller_identity()["Arn"]
+
+    result = run("resend", str(ID), "--force", "--json")
+
+    assert result.code == 0, result.err
+    assert caller.startswith("arn:aws:")
+    assert read_item(local_aws, ID)["forcedBy"] == caller
+
+
 def test_resend_force_on_resent_keeps_the_earlier_resend(run, function_env, stub, local_aws) -> None:
     run("resend", str(ID))
     earlier = stub.resend_calls[0].resent_message_id
@@ -869,7 +1206,7 @@ def test_resend_of_a_stale_claim_follows_the_protocol_into_uncertain(
 
     result = run("resend", str(ID))
 
-    assert result.code == 0, result.err
+    assert result.code == 3, result.err  # not resent: the protocol settled it UNCERTAIN
     assert "IN_PROGRESS -> UNCERTAIN" in result.out
     assert stub.resend_calls == []
 
@@ -895,14 +1232,61 @@ def test_resend_keeps_the_loop_guard_unless_forced(run, function_env, stub, loca
     assert stub.resends_performed(ID) == 1
 
 
-def test_resend_reports_what_capillary_answered(run, function_env, stub) -> None:
-    stub.script(ID, Behaviour.REJECTED)
+@pytest.mark.parametrize(
+    ("behaviour", "status"),
+    [
+        (Behaviour.REJECTED, "REJECTED"),
+        (Behaviour.NOT_FOUND, "NOT_FOUND"),
+        (Behaviour.THROTTLED, "RETRYING"),
+        (Behaviour.HANG_AFTER_RESEND, "UNCERTAIN"),
+    ],
+)
+def test_resend_that_capillary_answered_without_resending_exits_3(
+    run, function_env, stub, monkeypatch, behaviour, status
+) -> None:
+    monkeypatch.setenv("CAPILLARY_TIMEOUT_SECONDS", "0.5")
+    stub.script(ID, behaviour)
 
+    result = run("resend", str(ID), "--json")
+
+    assert result.code == 3, result.err
+    document = result.json()
+    assert document["status"] == status
+    assert document["reachedCapillary"] is True
+
+
+def test_resend_that_resent_exits_0(run, function_env, stub) -> None:
     result = run("resend", str(ID))
 
     assert result.code == 0, result.err
-    assert "no outcome -> REJECTED" in result.out
-    assert stub.resends_performed(ID) == 0
+    assert "no outcome -> RESENT" in result.out
+
+
+def test_resend_with_a_secret_that_cannot_be_read_exits_4_and_blames_secrets_manager(
+    run, function_env, stub, monkeypatch
+) -> None:
+    monkeypatch.setenv("CAPILLARY_SECRET_ID", "no/such/secret")
+
+    result = run("resend", str(ID))
+
+    assert result.code == 4
+    assert "Secrets Manager" in result.out
+    assert "ResourceNotFoundException" in result.out
+    assert "not reached" in result.err
+    assert stub.resend_calls == []
+
+
+def test_resend_with_capillary_down_exits_4(run, function_env, monkeypatch) -> None:
+    with socket.socket() as closed:  # a port nobody listens on: the connection is refused
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    monkeypatch.setenv("CAPILLARY_BASE_URL", f"http://127.0.0.1:{port}")
+
+    result = run("resend", str(ID), "--json")
+
+    assert result.code == 4
+    assert result.json()["reachedCapillary"] is False
+    assert "not sent" in result.json()["reason"]
 
 
 def test_resend_without_the_function_settings_is_a_configuration_error(run, monkeypatch) -> None:

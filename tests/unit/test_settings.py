@@ -343,3 +343,34 @@ def test_ipv6_loopback_spellings_other_than_the_canonical_one_are_not_trusted() 
     assert ipaddress.ip_address("0:0:0:0:0:0:0:1").is_loopback
     with pytest.raises(ConfigurationError):
         validate_base_url("http://[0:0:0:0:0:0:0:1]:8080")
+
+
+def test_every_bad_setting_is_named_in_one_message() -> None:
+    environ = {
+        "CAPILLARY_BASE_URL": "http://capillary.example.com",
+        "CAPILLARY_TIMEOUT_SECONDS": "soon",
+        "RESEND_CONCURRENCY": "0",
+    }
+
+    with pytest.raises(ConfigurationError) as caught:
+        Settings.from_env(environ)
+
+    message = str(caught.value)
+    for name in (
+        "OUTCOMES_TABLE",
+        "CAPILLARY_SECRET_ID",
+        "CAPILLARY_BASE_URL",
+        "CAPILLARY_TIMEOUT_SECONDS",
+        "RESEND_CONCURRENCY",
+    ):
+        assert name in message
+    assert "\n" not in message
+
+
+def test_a_single_bad_setting_is_reported_alone() -> None:
+    environ = {"OUTCOMES_TABLE": "t", "CAPILLARY_SECRET_ID": "s", "CAPILLARY_BASE_URL": "https://a.example"}
+
+    with pytest.raises(ConfigurationError) as caught:
+        Settings.from_env({**environ, "MAX_RESEND_DEPTH": "-1"})
+
+    assert str(caught.value) == "MAX_RESEND_DEPTH must be at least 0"

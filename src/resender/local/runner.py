@@ -49,10 +49,27 @@ class Invocation:
 
 
 def load_event(path: Path) -> dict[str, Any]:
-    document = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not a UTF-8 text file") from None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not valid JSON ({error.msg} at line {error.lineno})") from None
     if not isinstance(document, dict):
         raise ValueError(f"{path}: an event file holds one JSON object")
     return document
+
+
+def is_env_vars_file(document: dict[str, Any]) -> bool:
+    """A ``sam local invoke --env-vars`` file (``{"Parameters": {...}}`` or ``{"<Function>": {...}}``).
+
+    Such a file sits beside the events, so ``events/*.json`` names it too; it is no event to invoke.
+    """
+    return (
+        "Records" not in document
+        and bool(document)
+        and all(isinstance(section, dict) for section in document.values())
+    )
 
 
 def invoke(event: dict[str, Any], event_file: str = "<event>", timeout_seconds: float = 30.0) -> Invocation:
