@@ -456,9 +456,7 @@ def storm(
                     with resender_handlers(
                         pollers, scenario.rate_configured, calls, stack.dlq_url
                     ) as handlers:
-                        result = run_storm(
-                            implementation, scenario, handlers, calls, srv, stack, ids, messages
-                        )
+                        result = run_storm(implementation, scenario, handlers, calls, rig)
                 else:
                     with patched_environ({"POWERTOOLS_LOG_LEVEL": "CRITICAL"}):
                         handlers = baseline_handlers(pollers, calls)
