@@ -419,9 +419,11 @@ class SharedPacer:
         self._remember(org, item, now_ms / 1000)
         if item.get("failures", 0) < config.breaker_threshold or item.get("openUntil", 0) > now_ms:
             return
+        # Slots reserved before the breaker opened are void (their callers re-check before calling), so the
+        # bucket restarts where the interval ends and the probe after it does not queue behind dead slots.
         self._conditional(
             org,
-            "SET openUntil = :until",
+            "SET openUntil = :until, tat = :until",
             "failures >= :threshold AND (attribute_not_exists(openUntil) OR openUntil <= :now)",
             {
                 ":until": _n(now_ms + int(config.breaker_open_seconds * 1000)),

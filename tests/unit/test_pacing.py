@@ -421,6 +421,21 @@ def test_a_slot_reserved_before_the_breaker_opened_is_not_a_second_probe(dynamod
     assert first.still_valid(probe) is None
 
 
+def test_opening_the_breaker_voids_reserved_slots_so_the_probe_does_not_queue_behind_them(
+    dynamodb, clock
+) -> None:
+    limiter = pacer(dynamodb, clock, rate=6.0, breaker_threshold=1, breaker_open_seconds=30.0)
+    for _ in range(5):
+        granted(limiter.acquire(ORG, 60))  # slots reserved up to 40 s ahead
+    limiter.observe(granted(limiter.acquire(ORG, 60)), REFUSED)
+    clock.now += 31
+
+    probe = granted(limiter.acquire(ORG, 60))
+
+    assert probe.probe
+    assert probe.go_at == pytest.approx(clock.now, abs=0.002)
+
+
 def test_a_failed_probe_keeps_the_breaker_open_for_another_interval(dynamodb, clock) -> None:
     first, second = _opened(dynamodb, clock)
     probe = granted(first.acquire(ORG, 10))
