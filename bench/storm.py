@@ -97,8 +97,10 @@ def resender_settings(rate_configured: bool, dead_letter_queue_url: str) -> dict
         "PACING_TABLE": PACING_TABLE_NAME,
         "RESEND_RATE_PER_MINUTE": str(LIMIT_PER_WINDOW) if rate_configured else "",
         "RATE_WINDOW_SECONDS": str(WINDOW_SECONDS),
-        # Not scaled: the wait is bounded by the function's timeout, and that is not scaled either.
-        "PACING_MAX_WAIT_SECONDS": "10",
+        # Not scaled down 30 times like the rest: an invocation (this wait, plus one call of at most 2 s) must
+        # end within the queue's visibility timeout, as it does in production (visibility = 6 x the function's
+        # timeout), or SQS hands its records to a second poller while the first still holds their claims.
+        "PACING_MAX_WAIT_SECONDS": "2.5",
         "ADAPTIVE_PERIOD_SECONDS": f"{30 / SCALE:.3f}",
         "SHARED_BREAKER_OPEN_SECONDS": str(BREAKER_INTERVAL_SECONDS),
         "RETRY_BASE_SECONDS": "1",

@@ -315,7 +315,25 @@ class SharedPacer:
         if not permit.probe and open_until is not None:
             # Open, or half-open with its one probe elsewhere: a slot reserved earlier is not a probe.
             return _open(permit.org, max(open_until, now * 1000 + 1000))
+        if permit.probe:
+            self._rearm(permit.org, now)
         return None
+
+    def _rearm(self, org: str, now: float) -> None:
+        """Start the probe's interval when its call goes out, not when it was elected.
+
+        Between the election and the call lie the claim and the wait for the slot; counted from the election,
+        the next interval's probe could follow this one by less than an interval.
+        """
+        try:
+            self._conditional(
+                org,
+                "SET openUntil = :until",
+                "attribute_exists(openUntil) AND openUntil < :until",
+                {":until": _n(int((now + self._config.breaker_open_seconds) * 1000))},
+            )
+        except (ClientError, BotoCoreError):
+            return  # the interval counted from the election still holds
 
     def _refresh(self, org: str, now: float) -> _Seen | None:
         with self._refresh_lock:

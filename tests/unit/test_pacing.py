@@ -436,6 +436,18 @@ def test_opening_the_breaker_voids_reserved_slots_so_the_probe_does_not_queue_be
     assert probe.go_at == pytest.approx(clock.now, abs=0.002)
 
 
+def test_the_probe_interval_starts_when_the_probe_calls(dynamodb, clock) -> None:
+    first, second = _opened(dynamodb, clock)
+    probe = granted(first.acquire(ORG, 10))
+    clock.now += 20  # the probe's claim and wait took a while
+
+    assert first.still_valid(probe) is None  # just before its call
+    first.observe(probe, REFUSED)
+    clock.now += 15  # 35 s after the election, 15 s after the call
+
+    assert refused(second.acquire(ORG, 10)).reason is HoldReason.BREAKER_OPEN
+
+
 def test_a_failed_probe_keeps_the_breaker_open_for_another_interval(dynamodb, clock) -> None:
     first, second = _opened(dynamodb, clock)
     probe = granted(first.acquire(ORG, 10))
