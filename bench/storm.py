@@ -4,9 +4,10 @@
 
 Time runs 30 times faster than in production: Capillary's minute is a 2-second window here (it allows 10
 resends per window and answers 429 with a Retry-After to the window's end), and every setting measured in
-time is scaled the same way (backoff, the queue's visibility timeout, breaker interval, adaptive period,
-the wait for a slot). Everything else is real: HTTP to a moto server (SQS with a redrive policy to a
-dead-letter queue, DynamoDB) and to the Capillary stub, both in the ``bench.servers`` child process.
+time is scaled the same way (backoff, the queue's visibility timeout, breaker interval, adaptive period),
+except the wait for a slot inside an invocation, which must keep the invocation within the visibility
+timeout. Everything else is real: HTTP to a moto server (SQS with a redrive policy to a dead-letter queue,
+DynamoDB) and to the Capillary stub, both in the ``bench.servers`` child process.
 
 An emulated event source mapping: C pollers receive batches of up to 10 from the source queue, invoke the
 function (each poller its own container, as Lambda gives each concurrent invocation one), and delete what
@@ -514,8 +515,7 @@ def print_legend() -> None:
 def storm_targets(results: list[StormResult]) -> list[tuple[str, str, bool]]:
     ours = [r for r in results if r.implementation == "resender"]
     found: list[tuple[str, str, bool]] = []
-    for result in ours:
-        short = result.scenario.split(" (")[0]
+    for result, short in zip(ours, ("limit configured", "adaptive", "outage"), strict=True):
         found.append((f"{short}: 0 double resends", str(result.double_resends), result.double_resends == 0))
         found.append((f"{short}: 0 dead-lettered", str(result.dead_lettered), result.dead_lettered == 0))
         found.append(
