@@ -73,7 +73,8 @@ class Context:
     log_group_name = "/aws/lambda/resender-bench"
     log_stream_name = "bench"
 
-    def __init__(self, timeout_seconds: float = 30.0) -> None:
+    # The template's default FunctionTimeout: the resender refuses a timeout too short for one resend.
+    def __init__(self, timeout_seconds: float = 180.0) -> None:
         self.aws_request_id = str(uuid.uuid4())
         self._deadline = time.monotonic() + timeout_seconds
 

@@ -8,25 +8,23 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from aws_lambda_powertools import Tracer
 from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from resender.aws import AwsClients
 from resender.capillary import CapillaryClient
 from resender.credentials import CredentialsProvider
+from resender.errors import ResenderError
 from resender.events import EventSource, parse_event
-from resender.observability import METRICS_NAMESPACE, SERVICE_NAME, logger
+from resender.observability import METRICS_NAMESPACE, SERVICE_NAME, MetricName, logger, traced
 from resender.pacing import PacingConfig, SharedPacer
-from resender.processor import RecordReport, Resender
+from resender.processor import Metric, Resender
 from resender.queues import Queues
-from resender.settings import Settings
+from resender.settings import ConfigurationRefusedError, Settings, StartupCheck
 from resender.store import OutcomeStore
 
-tracer = Tracer(service=SERVICE_NAME)
 
-
-class RetryableFailureError(RuntimeError):
+class RetryableFailureError(ResenderError, RuntimeError):
     """Raised for a direct SNS invocation whose record should be retried by Lambda's async retries."""
 
 
@@ -37,6 +35,7 @@ class Container:
     settings: Settings
     clients: AwsClients
     resender: Resender
+    startup: StartupCheck
 
 
 def build_container(settings: Settings | None = None) -> Container:
@@ -62,7 +61,7 @@ def build_container(settings: Settings | None = None) -> Container:
         executor=ThreadPoolExecutor(max_workers=settings.resend_concurrency, thread_name_prefix="resend"),
         pacer=build_pacer(settings, clients),
     )
-    return Container(settings, clients, resender)
+    return Container(settings, clients, resender, StartupCheck(settings))
 
 
 def build_pacer(settings: Settings, clients: AwsClients) -> SharedPacer | None:
@@ -102,18 +101,30 @@ def reset_container(replacement: Container | None = None) -> None:
 
 
 @logger.inject_lambda_context(log_event=False)
-@tracer.capture_lambda_handler(capture_response=False)
+@traced
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     return handle(event, context, container())
 
 
-def handle(event: dict[str, Any], context: LambdaContext, built: Container) -> dict[str, Any]:
-    """One invocation on ``built`` (the benchmark runs several containers side by side in one process)."""
+def handle(event: dict[str, Any], context: LambdaContext, current: Container) -> dict[str, Any]:
+    """One invocation on ``current`` (the benchmark runs several containers side by side in one process)."""
+    try:
+        current.startup.check(context.get_remaining_time_in_millis() / 1000)
+    except ConfigurationRefusedError as refused:
+        # Raised, not answered with every record as a batch item failure: the event source retries the batch
+        # after the visibility timeout, Lambda's Errors and the ConfigurationRefused alarm fire, and no record
+        # is claimed or sent under settings that cannot finish a resend.
+        logger.error(str(refused))
+        publish_metrics([Metric(MetricName.CONFIGURATION_REFUSED)])
+        raise
     source, deliveries = parse_event(event)
-    reports = built.resender.process(
+    reports = current.resender.process(
         deliveries, remaining_seconds=lambda: context.get_remaining_time_in_millis() / 1000
     )
-    publish_metrics(reports)
+    try:
+        publish_metrics(metric for report in reports for metric in report.metrics)
+    except Exception as error:  # the outcomes are recorded; the batch response matters more than figures
+        logger.error("metrics not published", extra={"errorType": type(error).__name__})
     retried = [report for report in reports if report.retry]
     if source is EventSource.SNS:
         if retried:
@@ -122,10 +133,9 @@ def handle(event: dict[str, Any], context: LambdaContext, built: Container) -> d
     return {"batchItemFailures": [{"itemIdentifier": report.delivery.record_id} for report in retried]}
 
 
-def publish_metrics(reports: Iterable[RecordReport]) -> None:
+def publish_metrics(figures: Iterable[Metric]) -> None:
     # Ephemeral metrics keep each invocation's figures apart when the handler runs on several threads.
     metrics = EphemeralMetrics(namespace=METRICS_NAMESPACE, service=SERVICE_NAME)
-    for report in reports:
-        for metric in report.metrics:
-            metrics.add_metric(name=metric.name, unit=MetricUnit(metric.unit), value=metric.value)
+    for metric in figures:
+        metrics.add_metric(name=metric.name, unit=MetricUnit(metric.unit), value=metric.value)
     metrics.flush_metrics()

@@ -1,7 +1,8 @@
 """AWS clients, one set per container.
 
 Clients (not resources) because they are safe to share between threads. No endpoint is hard-coded, so the
-SDK's own ``AWS_ENDPOINT_URL`` points the same code at a local emulator.
+SDK's own ``AWS_ENDPOINT_URL`` points the same code at a local emulator. The clients come from botocore
+directly: boto3 adds nothing the function uses and imports s3transfer, a third of the handler's import time.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
-import boto3
+import botocore.session
 from botocore.config import Config
 
 if TYPE_CHECKING:
@@ -39,12 +40,13 @@ def region_from_environment() -> str | None:
 
 
 class AwsClients:
-    def __init__(self, pool_size: int = 10, session: boto3.session.Session | None = None) -> None:
-        self._session = session or boto3.session.Session(region_name=region_from_environment())
+    def __init__(self, pool_size: int = 10, session: botocore.session.Session | None = None) -> None:
+        self._session = session or botocore.session.get_session()
+        self._region = region_from_environment()
         config = client_config(pool_size)
         self.dynamodb: DynamoDBClient = self._client("dynamodb", config)
         self.secretsmanager: SecretsManagerClient = self._client("secretsmanager", config)
         self.sqs: SQSClient = self._client("sqs", config)
 
     def _client(self, service: str, config: Config) -> Any:
-        return self._session.client(service, config=config)  # type: ignore[call-overload]
+        return self._session.create_client(service, region_name=self._region, config=config)

@@ -29,6 +29,7 @@ from resender.credentials import (
     OAuthCredentials,
     SecretError,
 )
+from resender.errors import ResenderError
 from resender.models import ResendResult, Verdict
 from resender.settings import validate_base_url
 
@@ -48,7 +49,7 @@ MAX_RESPONSE_BYTES: Final = 64 * 1024
 TOKEN_RENEWAL_MARGIN_SECONDS: Final = 30.0
 
 
-class TokenError(Exception):
+class TokenError(ResenderError):
     """No OAuth token could be obtained; ``auth_failed`` tells bad credentials from an unreachable server."""
 
     def __init__(self, message: str, *, auth_failed: bool, error_code: int | None = None) -> None:

@@ -356,7 +356,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from botocore.exceptions import BotoCoreError, ClientError
 
-    from resender.operations import NotFoundError, OperatorError, aws_failure
+    from resender.errors import ResenderError
+    from resender.operations import NotFoundError, aws_failure
     from resender.queues import QueueError
     from resender.settings import ConfigurationError
     from resender.store import StoreError
@@ -381,7 +382,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(f"configuration error: {error}")
     except (StoreError, QueueError) as error:
         return _fail(f"{error}{_aws_context(args, error)}")
-    except OperatorError as error:
+    except ResenderError as error:  # every other error of the project: one line naming what to fix
         return _fail(str(error))
     except (BotoCoreError, ClientError) as error:
         return _fail(f"{aws_failure(error)}{_aws_context(args, error)}")

@@ -20,11 +20,13 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from resender.errors import ResenderError
+
 if TYPE_CHECKING:
     from mypy_boto3_secretsmanager import SecretsManagerClient
 
 
-class SecretError(Exception):
+class SecretError(ResenderError):
     """The secret cannot be read or is malformed. Messages name fields, never values."""
 
 

@@ -19,6 +19,7 @@ import jmespath
 from jmespath.exceptions import JMESPathError
 from jmespath.parser import ParsedResult
 
+from resender.errors import ResenderError
 from resender.settings import ConfigurationError
 
 INT64_LIMIT: Final = 2**63
@@ -45,16 +46,14 @@ class Delivery:
     receive_count: int = 1
     receipt_handle: str | None = None
     source_arn: str | None = None
+    # FIFO queues only: records of one group must be handled, and handed back, in order.
+    message_group_id: str | None = None
     # Pacing: how often this record was held back already, and when its failure first reached the queue
     # (epoch seconds), carried on the re-enqueued copy as message attributes.
     deferrals: int = 0
     first_seen_at: float | None = None
     # The record's String and Number message attributes (name, data type, value), kept on a deferred copy.
     message_attributes: tuple[tuple[str, str, str], ...] = ()
-
-    @property
-    def from_fifo_queue(self) -> bool:
-        return bool(self.source_arn and self.source_arn.endswith(".fifo"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +75,7 @@ class Poison:
 ParsedRecord = Notice | Poison
 
 
-class UnsupportedEventError(ValueError):
+class UnsupportedEventError(ResenderError, ValueError):
     """The event is neither an SQS batch nor an SNS invocation."""
 
 
@@ -110,7 +109,7 @@ class MessageIdParser:
         return validate_message_id(found, self._path_text)
 
 
-class PoisonError(ValueError):
+class PoisonError(ResenderError, ValueError):
     """Raised with the reason a record is poison."""
 
 
@@ -181,6 +180,8 @@ def _sqs_delivery(record: Mapping[str, Any]) -> Delivery:
     attributes = record.get("attributes")
     attributes = attributes if isinstance(attributes, Mapping) else {}
     receive_count = _digits(attributes.get("ApproximateReceiveCount")) or 1
+    raw_group = attributes.get("MessageGroupId")
+    group_id = str(raw_group) if raw_group is not None else None
     sent_ms = _digits(attributes.get("SentTimestamp"))
     message_attributes = _message_attributes(record.get("messageAttributes"))
     values = {name: value for name, _, value in message_attributes}
@@ -192,6 +193,7 @@ def _sqs_delivery(record: Mapping[str, Any]) -> Delivery:
         receive_count=max(receive_count, 1),
         receipt_handle=record.get("receiptHandle"),
         source_arn=record.get("eventSourceARN"),
+        message_group_id=group_id,
         deferrals=_digits(values.get(DEFERRALS_ATTRIBUTE)) or 0,
         first_seen_at=first_seen_ms / 1000 if first_seen_ms else None,
         message_attributes=message_attributes,

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import urlsplit
 
 import boto3
 import botocore.loaders
@@ -29,10 +30,11 @@ import botocore.session
 from botocore.exceptions import BotoCoreError, ClientError
 
 from resender.aws import region_from_environment
+from resender.errors import ResenderError
 from resender.events import Delivery, MessageIdParser, Notice, parse_event
 from resender.local.aws import patched_environ
 from resender.models import FINAL_STATUSES, Status
-from resender.queues import POISON_REASON_ATTRIBUTE
+from resender.queues import POISON_REASON_ATTRIBUTE, dead_letter_target_arn
 from resender.store import Claim, ClaimLostError, Outcome, OutcomeStore, StoreError
 
 if TYPE_CHECKING:
@@ -65,11 +67,11 @@ _UNIT_SECONDS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _HIDDEN_ATTRIBUTES: Final = frozenset({"claimToken"})
 
 
-class OperatorError(Exception):
+class OperatorError(ResenderError):
     """The command cannot do what was asked (configuration, AWS, a refusal); exit code 2."""
 
 
-class NotFoundError(Exception):
+class NotFoundError(ResenderError):
     """Nothing is recorded for what was asked about; exit code 1."""
 
     def __init__(self, message: str, details: Mapping[str, Any] | None = None) -> None:
@@ -486,15 +488,16 @@ def queue_urls(sqs: SQSClient, queue_url: str | None, dlq_url: str | None) -> tu
     """The source queue and its dead-letter queue; either may be found from the other."""
     try:
         if queue_url and not dlq_url:
-            policy = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["RedrivePolicy"])[
-                "Attributes"
-            ].get("RedrivePolicy")
-            if not policy:
+            answer = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["RedrivePolicy"])
+            policy = (answer.get("Attributes") or {}).get("RedrivePolicy")
+            target = dead_letter_target_arn(policy)
+            if target is None:
+                what = "a redrive policy without a dead-letter queue ARN" if policy else "no redrive policy"
                 raise OperatorError(
-                    f"the source queue has no redrive policy: pass --dlq-url or set {DEAD_LETTER_QUEUE_ENV}"
+                    f"the source queue has {what}: pass --dlq-url or set {DEAD_LETTER_QUEUE_ENV}"
                 )
-            dlq_name = str(json.loads(policy)["deadLetterTargetArn"]).split(":")[-1]
-            dlq_url = sqs.get_queue_url(QueueName=dlq_name)["QueueUrl"]
+            _, _, _, _, account, dlq_name = target.split(":")
+            dlq_url = sqs.get_queue_url(QueueName=dlq_name, QueueOwnerAWSAccountId=account).get("QueueUrl")
         elif dlq_url and not queue_url:
             sources = sqs.list_dead_letter_source_queues(QueueUrl=dlq_url).get("queueUrls", [])
             if len(sources) != 1:
@@ -510,7 +513,23 @@ def queue_urls(sqs: SQSClient, queue_url: str | None, dlq_url: str | None) -> tu
             f"no queues: pass --queue-url (or set {SOURCE_QUEUE_ENV}) and/or --dlq-url "
             f"(or set {DEAD_LETTER_QUEUE_ENV})"
         )
+    if same_queue(queue_url, dlq_url):
+        # Each message would be sent back to the queue it was read from: a new copy that the next receive
+        # takes for a message not yet moved, for ever.
+        raise OperatorError(
+            f"the source queue and the dead-letter queue are the same queue ({queue_url}): "
+            "pass the source queue with --queue-url and the DLQ with --dlq-url"
+        )
     return queue_url, dlq_url
+
+
+def same_queue(first_url: str, second_url: str) -> bool:
+    """Do two SQS queue URLs name one queue? Their path (account, name) does; the host has several forms."""
+    return _queue_path(first_url) == _queue_path(second_url)
+
+
+def _queue_path(url: str) -> str:
+    return urlsplit(url.strip()).path.rstrip("/")
 
 
 def redrive(

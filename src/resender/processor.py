@@ -3,10 +3,18 @@
 Records are handled concurrently on a bounded pool, because a batch is I/O-bound: ten records should cost
 about one round trip to Capillary, not ten. Duplicates inside a batch are folded before any claim, so only
 one of them reaches the store.
+
+Records of a FIFO queue are handled one message group at a time, in order: once a record of a group is
+handed back, the later records of that group are handed back too without being claimed (AWS's rule for FIFO
+partial batch responses), and no visibility change reorders them.
+
+Nothing raised while handling one record leaves :meth:`Resender.process`: the record gets an outcome that
+matches how far it got (not claimed, claimed but not sent, or possibly sent) and the others go on.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import threading
@@ -14,6 +22,7 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from types import TracebackType
 from typing import Final
 
 from resender.capillary import CapillaryClient
@@ -23,12 +32,13 @@ from resender.events import (
     Delivery,
     MessageIdParser,
     Notice,
+    ParsedRecord,
     Poison,
 )
 from resender.models import ResendResult, Status, Verdict
 from resender.observability import MetricName, logger
 from resender.pacing import DEFAULT_ORG, HoldReason, Pacer, Refusal, Unpaced, is_throttle
-from resender.queues import QueueError, Queues
+from resender.queues import NoDeadLetterQueueError, QueueError, Queues
 from resender.settings import Settings
 from resender.store import Claim, ClaimLostError, ClaimState, Outcome, OutcomeStore, StoreError
 
@@ -68,6 +78,15 @@ class RecordReport:
     # Seconds the record must stay hidden before its next delivery (a Retry-After, or a live lease).
     min_delay_seconds: float = 0.0
     metrics: list[Metric] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _Progress:
+    """How far one record got, so that an unexpected error is answered according to what was done."""
+
+    claim: Claim | None = None
+    call_started: bool = False
+    outcome: Outcome | None = None  # Capillary's answer, once read
 
 
 class CircuitBreaker:
@@ -124,7 +143,28 @@ class Resender:
     ) -> list[RecordReport]:
         breaker = CircuitBreaker(self._settings.circuit_breaker_threshold)
         remaining = remaining_seconds or self._default_remaining()
-        parsed = [self._parser.parse(delivery) for delivery in deliveries]
+        parsed = [self._parse(delivery) for delivery in deliveries]
+        if any(_from_fifo_queue(record.delivery) for record in parsed):
+            reports = self._process_fifo(parsed, breaker, remaining)
+        else:
+            reports = self._process_standard(parsed, breaker, remaining)
+        for report in reports:
+            # FIFO: the visibility of a record handed back is left alone, so no change can reorder a group;
+            # the group waits for the queue's visibility timeout instead.
+            if report.retry and not _from_fifo_queue(report.delivery):
+                self._schedule_retry(report)
+        return reports
+
+    def _parse(self, delivery: Delivery) -> ParsedRecord:
+        try:
+            return self._parser.parse(delivery)
+        except Exception as error:  # a body that breaks the parser is poison, not a crash
+            _log_safely("error", "record body could not be parsed", errorType=type(error).__name__)
+            return Poison(delivery, f"the body could not be read ({type(error).__name__})")
+
+    def _process_standard(
+        self, parsed: list[ParsedRecord], breaker: CircuitBreaker, remaining: Callable[[], float]
+    ) -> list[RecordReport]:
         first_by_id: dict[int, Notice] = {}
         for record in parsed:
             if isinstance(record, Notice):
@@ -141,9 +181,45 @@ class Resender:
                 reports.append(futures[record.message_id].result())
             else:
                 reports.append(self._in_batch_duplicate(record, first_by_id[record.message_id]))
-        for report in reports:
-            if report.retry:
-                self._schedule_retry(report)
+        return reports
+
+    def _process_fifo(
+        self, parsed: list[ParsedRecord], breaker: CircuitBreaker, remaining: Callable[[], float]
+    ) -> list[RecordReport]:
+        """Message groups side by side, the records of one group one after another, in batch order.
+
+        Duplicates are not folded here: within a group the second copy finds the first one's outcome, and
+        across groups the claim lets one through and hands the other back.
+        """
+        groups: dict[str, list[int]] = {}
+        for index, record in enumerate(parsed):
+            groups.setdefault(record.delivery.message_group_id or "", []).append(index)
+        futures = [
+            (
+                indexes,
+                self._executor.submit(self._run_group, [parsed[i] for i in indexes], breaker, remaining),
+            )
+            for indexes in groups.values()
+        ]
+        reports: dict[int, RecordReport] = {}
+        for indexes, future in futures:
+            reports.update(zip(indexes, future.result(), strict=True))
+        return [reports[index] for index in range(len(parsed))]
+
+    def _run_group(
+        self, records: list[ParsedRecord], breaker: CircuitBreaker, remaining: Callable[[], float]
+    ) -> list[RecordReport]:
+        reports: list[RecordReport] = []
+        blocking: RecordReport | None = None
+        for record in records:
+            if blocking is not None:
+                reports.append(_held_back(record, blocking))
+            elif isinstance(record, Poison):
+                reports.append(self._set_aside(record))
+            else:
+                reports.append(self._in_context(record, breaker, remaining))
+            if blocking is None and reports[-1].retry:
+                blocking = reports[-1]
         return reports
 
     def _default_remaining(self) -> Callable[[], float]:
@@ -153,16 +229,55 @@ class Resender:
     def _in_context(
         self, notice: Notice, breaker: CircuitBreaker, remaining: Callable[[], float]
     ) -> RecordReport:
-        logger.thread_safe_append_keys(messageId=notice.message_id, recordId=notice.delivery.record_id)
+        progress = _Progress()
         try:
-            report = self._handle(notice, breaker, remaining)
+            logger.thread_safe_append_keys(messageId=notice.message_id, recordId=notice.delivery.record_id)
+            report = self._handle(notice, breaker, remaining, progress)
+        except Exception as error:  # one record's failure must not take the batch down
+            report = self._recover(notice, progress, error)
+        try:
             self._log(report)
-            return report
+        except Exception as error:  # the outcome is already decided; losing a log line is all
+            _log_safely("error", "outcome not logged", errorType=type(error).__name__)
         finally:
-            logger.thread_safe_remove_keys(["messageId", "recordId"])
+            with contextlib.suppress(Exception):  # nothing to do about a logger that cannot drop its keys
+                logger.thread_safe_remove_keys(["messageId", "recordId"])
+        return report
+
+    def _recover(self, notice: Notice, progress: _Progress, error: Exception) -> RecordReport:
+        """An outcome for a record whose handling raised, chosen by how far it got.
+
+        Not claimed: handed back, nothing to undo. Claimed, not sent: the claim is released to RETRYING.
+        The call may have gone out and no answer was read: UNCERTAIN, never resent automatically. Answered:
+        the answer is recorded (a second write of an outcome already recorded is recognised by the store).
+        """
+        kind = type(error).__name__
+        where = _origin(error.__traceback__)
+        _log_safely("error", "unexpected error while handling a record", errorType=kind, raisedAt=where)
+        report = RecordReport(notice.delivery, message_id=notice.message_id)
+        report.metrics.append(Metric(MetricName.UNEXPECTED_ERROR))
+        claim = progress.claim
+        if claim is None:
+            return _retry(report, f"unexpected {kind} before the claim; Capillary was not called")
+        if not progress.call_started:
+            why = f"unexpected {kind} before the call; Capillary was not called"
+            outcome = Outcome(Status.RETRYING, error_message=why)
+        elif progress.outcome is None:
+            why = f"unexpected {kind} while calling Capillary: it may have resent"
+            outcome = Outcome(Status.UNCERTAIN, error_message=why)
+        else:
+            outcome, why = progress.outcome, f"answered, then an unexpected {kind}"
+        try:
+            return self._settle(report, claim, outcome, why)
+        except Exception as second:
+            return self._unrecorded(report, outcome, f"unexpected {type(second).__name__}")
 
     def _handle(
-        self, notice: Notice, breaker: CircuitBreaker, remaining: Callable[[], float]
+        self,
+        notice: Notice,
+        breaker: CircuitBreaker,
+        remaining: Callable[[], float],
+        progress: _Progress,
     ) -> RecordReport:
         report = RecordReport(notice.delivery, message_id=notice.message_id)
         time_left = remaining()
@@ -190,10 +305,16 @@ class Resender:
             return report
         if claimed.claim is None:  # CLAIMED always carries the claim; this keeps the type checker honest
             return _retry(report, "claim answered without a token")
-        return self._resend(report, claimed.claim, breaker, remaining)
+        progress.claim = claimed.claim
+        return self._resend(report, claimed.claim, breaker, progress, remaining)
 
     def _resend(
-        self, report: RecordReport, claim: Claim, breaker: CircuitBreaker, remaining: Callable[[], float]
+        self,
+        report: RecordReport,
+        claim: Claim,
+        breaker: CircuitBreaker,
+        progress: _Progress,
+        remaining: Callable[[], float],
     ) -> RecordReport:
         settings = self._settings
         if claim.depth >= settings.max_resend_depth:
@@ -222,7 +343,10 @@ class Resender:
         held = self._pacer.still_valid(permit)
         if held is not None:
             return self._refused(report, claim, held)
+        progress.call_started = True
         result = self._capillary.resend(claim.message_id)
+        outcome = credible_outcome(Outcome.from_result(result), claim.message_id)
+        progress.outcome = outcome
         self._pacer.observe(permit, result)
         throttled = is_throttle(result)
         if result.http_status == 429:
@@ -231,13 +355,14 @@ class Resender:
             breaker.observe(result.verdict)  # with pacing, throttling is the limiter's news, not an outage
         if result.latency_ms is not None:
             report.metrics.append(Metric(MetricName.RESEND_LATENCY, result.latency_ms, "Milliseconds"))
-        if self._paced and throttled:
+        if self._paced and throttled and outcome.status is Status.RETRYING:
             # Capillary refused before doing anything: hold the record back instead of failing it.
             pause = result.retry_after_seconds or settings.rate_window_seconds / 10
             return self._hold_back(report, claim, _describe(result), self._wall_clock() + pause)
         report.min_delay_seconds = result.retry_after_seconds or 0.0
-        report.resent_message_id = result.resent_message_id
-        return self._settle(report, claim, Outcome.from_result(result), _describe(result))
+        report.resent_message_id = outcome.resent_message_id
+        reason = _describe(result) if outcome.status is result.status else str(outcome.error_message)
+        return self._settle(report, claim, outcome, reason)
 
     @staticmethod
     def _org(claim: Claim) -> str:
@@ -282,7 +407,7 @@ class Resender:
             delivery.receipt_handle is not None
             and delivery.source_arn is not None
             and delivery.source_arn.startswith("arn:aws:sqs")
-            and not delivery.from_fifo_queue
+            and not _from_fifo_queue(delivery)
         )
         if copyable and delivery.source_arn is not None:
             pacing_attributes = {
@@ -334,7 +459,7 @@ class Resender:
                 self._store.record(claim, outcome)
                 return report
             except ClaimLostError:
-                logger.error("claim was settled by another delivery before this outcome was written")
+                _log_safely("error", "claim was settled by another delivery before this outcome was written")
                 report.retry = False
                 return report
             except StoreError as error:
@@ -346,13 +471,12 @@ class Resender:
     def _unrecorded(self, report: RecordReport, outcome: Outcome, error: str) -> RecordReport:
         # The claim stays IN_PROGRESS; once its lease runs out the next delivery records it UNCERTAIN, so the
         # record is handed back to come again only after that.
-        logger.error(
+        _log_safely(
+            "error",
             "outcome could not be recorded; the claim will turn UNCERTAIN and the message will not be resent",
-            extra={
-                "intendedStatus": outcome.status,
-                "resentMessageId": outcome.resent_message_id,
-                "error": error,
-            },
+            intendedStatus=outcome.status,
+            resentMessageId=outcome.resent_message_id,
+            error=error,
         )
         report.metrics.append(Metric(MetricName.OUTCOME_WRITE_FAILED))
         report.retry = True
@@ -372,21 +496,31 @@ class Resender:
                 source_arn=poison.delivery.source_arn,
                 source_message_id=poison.delivery.record_id,
             )
-        except QueueError as error:
-            # Handed back to SQS untouched: its redrive policy moves it to the dead-letter queue after
-            # maxReceiveCount deliveries, and Capillary is never called for it.
+        except Exception as error:  # QueueError, or anything else: the record is kept either way
+            # Handed back to SQS untouched, so SQS keeps it: its redrive policy (if any) moves it to the
+            # dead-letter queue after maxReceiveCount deliveries, and Capillary is never called for it.
             report.retry = True
-            report.reason = f"{poison.reason}; not copied to the dead-letter queue: {error}"
-        logger.error(
-            "poison record set aside", extra={"recordId": poison.delivery.record_id, "reason": report.reason}
+            report.metrics.append(Metric(MetricName.POISON_HANDED_BACK))
+            if isinstance(error, NoDeadLetterQueueError):
+                detail = f"{error}; SQS keeps it (set DEAD_LETTER_QUEUE_URL or a redrive policy)"
+            elif isinstance(error, QueueError):
+                detail = str(error)
+            else:
+                detail = f"unexpected {type(error).__name__}"
+                report.metrics.append(Metric(MetricName.UNEXPECTED_ERROR))
+            report.reason = f"{poison.reason}; not copied to the dead-letter queue: {detail}"
+        _log_safely(
+            "error", "poison record set aside", recordId=poison.delivery.record_id, reason=report.reason
         )
         return report
 
     @staticmethod
     def _in_batch_duplicate(duplicate: Notice, first: Notice) -> RecordReport:
-        logger.info(
+        _log_safely(
+            "info",
             "duplicate within the batch: handled once",
-            extra={"messageId": duplicate.message_id, "recordId": duplicate.delivery.record_id},
+            messageId=duplicate.message_id,
+            recordId=duplicate.delivery.record_id,
         )
         return RecordReport(
             duplicate.delivery,
@@ -401,12 +535,13 @@ class Resender:
             delivery.receipt_handle and delivery.source_arn and delivery.source_arn.startswith("arn:aws:sqs")
         ):
             return
-        delay = self.backoff_seconds(delivery.receive_count, report.min_delay_seconds)
         try:
+            delay = self.backoff_seconds(delivery.receive_count, report.min_delay_seconds)
             self._queues.delay(delivery.source_arn, delivery.receipt_handle, delay)
-        except QueueError as error:
+        except Exception as error:
             # The record is still reported for retry; it just comes back after the queue's own timeout.
-            logger.warning("backoff not applied", extra={"recordId": delivery.record_id, "error": str(error)})
+            detail = str(error) if isinstance(error, QueueError) else f"unexpected {type(error).__name__}"
+            _log_safely("warning", "backoff not applied", recordId=delivery.record_id, error=detail)
 
     def backoff_seconds(self, receive_count: int, floor_seconds: float = 0.0) -> int:
         """Exponential in the receive count with full jitter, capped, never below ``floor_seconds``."""
@@ -425,6 +560,77 @@ class Resender:
             logger.warning("resend outcome", extra=fields)
         else:
             logger.info("resend outcome", extra=fields)
+
+
+def credible_outcome(outcome: Outcome, message_id: int) -> Outcome:
+    """The outcome to record, once a ``resentMessageId`` that cannot name a new message is ruled out.
+
+    An id equal to the original, zero or negative is no proof of a new message, nor of its absence: a
+    success answer carrying one is ``UNCERTAIN``; no outcome links the message to it (the loop-guard link
+    would point the item at itself, or at an id no message has).
+    """
+    resent = outcome.resent_message_id
+    if resent is None or (resent > 0 and resent != message_id):
+        return outcome
+    what = "the original messageId" if resent == message_id else "not a positive id"
+    note = f"Capillary answered with resentMessageId {resent}, {what}"
+    if outcome.status is Status.RESENT:
+        message = f"{note}: whether it resent is unknown"
+        return Outcome(
+            Status.UNCERTAIN,
+            org_id=outcome.org_id,
+            request_id=outcome.request_id,
+            error_message=message,
+            http_status=outcome.http_status,
+        )
+    detail = f"{outcome.error_message}; {note}" if outcome.error_message else note
+    return Outcome(
+        outcome.status,
+        org_id=outcome.org_id,
+        request_id=outcome.request_id,
+        error_code=outcome.error_code,
+        error_message=detail,
+        http_status=outcome.http_status,
+    )
+
+
+def _from_fifo_queue(delivery: Delivery) -> bool:
+    return delivery.message_group_id is not None or bool(
+        delivery.source_arn
+        and delivery.source_arn.startswith("arn:aws:sqs")
+        and delivery.source_arn.endswith(".fifo")
+    )
+
+
+def _held_back(record: ParsedRecord, blocking: RecordReport) -> RecordReport:
+    """A later record of a FIFO group whose earlier record was handed back: untouched, handed back too."""
+    group = record.delivery.message_group_id or ""
+    return RecordReport(
+        record.delivery,
+        message_id=record.message_id if isinstance(record, Notice) else None,
+        retry=True,
+        reason=(
+            f"not started: record {blocking.delivery.record_id} of message group {group!r} was handed back "
+            "before it, and a FIFO group is processed in order"
+        ),
+    )
+
+
+def _origin(trace: TracebackType | None) -> str:
+    """Where an exception was raised, as ``file:line in function``: code locations only, never values."""
+    last = None
+    while trace is not None:
+        last, trace = trace, trace.tb_next
+    if last is None:
+        return "unknown"
+    code = last.tb_frame.f_code
+    return f"{code.co_filename.rsplit('/', 1)[-1]}:{last.tb_lineno} in {code.co_name}"
+
+
+def _log_safely(level: str, message: str, **fields: object) -> None:
+    """Log without letting a broken log pipeline take a record's outcome with it."""
+    with contextlib.suppress(Exception):  # the outcome matters more than the line about it
+        getattr(logger, level)(message, extra=fields)
 
 
 def _retry(report: RecordReport, reason: str, *, count: bool = True) -> RecordReport:

@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Final
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from resender.errors import ResenderError
+
 if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
 
@@ -22,8 +24,29 @@ SQS_MAX_DELAY_SECONDS: Final = 900
 SQS_MAX_MESSAGE_ATTRIBUTES: Final = 10
 
 
-class QueueError(Exception):
+class QueueError(ResenderError):
     """SQS refused or could not be reached; the message names the operation and the AWS error code."""
+
+
+class NoDeadLetterQueueError(QueueError):
+    """Neither ``DEAD_LETTER_QUEUE_URL`` nor the source queue's redrive policy names a dead-letter queue."""
+
+
+def dead_letter_target_arn(policy: object) -> str | None:
+    """The ``deadLetterTargetArn`` of a redrive policy as SQS returns it (a JSON string), if it has one.
+
+    A missing, empty or malformed policy yields None: the caller decides what having no DLQ means.
+    """
+    if not isinstance(policy, str) or not policy.strip():
+        return None
+    try:
+        document = json.loads(policy)
+    except (ValueError, RecursionError):
+        return None
+    target = document.get("deadLetterTargetArn") if isinstance(document, dict) else None
+    if not isinstance(target, str) or len(target.split(":")) != 6:
+        return None
+    return target
 
 
 class Queues:
@@ -109,15 +132,19 @@ class Queues:
         if cached:
             return cached
         try:
-            attributes = self._client.get_queue_attributes(
+            answer = self._client.get_queue_attributes(
                 QueueUrl=self.queue_url(source_arn), AttributeNames=["RedrivePolicy"]
-            )["Attributes"]
+            )
         except (ClientError, BotoCoreError) as error:
             raise QueueError(f"reading the source queue's redrive policy failed ({_name(error)})") from None
-        policy = attributes.get("RedrivePolicy")
-        if not policy:
-            raise QueueError("DEAD_LETTER_QUEUE_URL is not set and the source queue has no redrive policy")
-        url = self.queue_url(str(json.loads(policy)["deadLetterTargetArn"]))
+        # SQS leaves "Attributes" out entirely when none of those asked for is set.
+        attributes = answer.get("Attributes") or {}
+        target = dead_letter_target_arn(attributes.get("RedrivePolicy"))
+        if target is None:
+            raise NoDeadLetterQueueError(
+                "DEAD_LETTER_QUEUE_URL is not set and the source queue has no usable redrive policy"
+            )
+        url = self.queue_url(target)
         with self._lock:
             self._dlq_by_source[source_arn] = url
         return url
@@ -132,9 +159,11 @@ class Queues:
             raise QueueError("the record's event source is not an SQS queue ARN")
         account, name = parts[4], parts[5]
         try:
-            url = self._client.get_queue_url(QueueName=name, QueueOwnerAWSAccountId=account)["QueueUrl"]
+            url = self._client.get_queue_url(QueueName=name, QueueOwnerAWSAccountId=account).get("QueueUrl")
         except (ClientError, BotoCoreError) as error:
             raise QueueError(f"looking up the queue URL failed ({_name(error)})") from None
+        if not url:
+            raise QueueError("looking up the queue URL failed (answer without a QueueUrl)")
         with self._lock:
             self._urls[queue_arn] = url
         return url

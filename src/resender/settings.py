@@ -8,20 +8,35 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Final, TypeVar
 from urllib.parse import urlsplit
+
+from resender.errors import ResenderError
 
 N = TypeVar("N", int, float)
 
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 
+#: Connection attempts of one request to Capillary: the first and urllib3's connect retries
+#: (``resender.capillary.build_session``: ``Retry(connect=2)``). A connect timeout may end each one.
+CAPILLARY_CONNECT_ATTEMPTS: Final = 3
+#: urllib3's pauses between those attempts (backoff factor 0.1: 0 s, then 0.2 s).
+CAPILLARY_CONNECT_BACKOFF_SECONDS: Final = 0.2
+#: Time kept after the call to write the outcome (a few DynamoDB attempts) and return the batch response.
+RECORDING_MARGIN_SECONDS: Final = 2.0
 
-class ConfigurationError(Exception):
+
+class ConfigurationError(ResenderError):
     """A setting is missing or invalid; the message names the setting, never a secret."""
+
+
+class ConfigurationRefusedError(ConfigurationError):
+    """The settings are valid one by one but together leave no room for a single resend."""
 
 
 # While Settings are read, each bad setting is noted and a stand-in used, so that one message names them all:
@@ -128,6 +143,54 @@ class Settings:
         if rate is not None and rate < settings.resend_burst:
             _problem("RESEND_BURST must not be larger than RESEND_RATE_PER_MINUTE")
         return settings
+
+
+def minimum_resend_seconds(settings: Settings) -> float:
+    """The longest one resend may take, from the claim to the recorded outcome.
+
+    Each request to Capillary may spend every connect attempt on a connect timeout and then a whole read
+    timeout. A resend is at most two such requests (a second attempt after an auth failure) plus one OAuth
+    token request, then the recording margin. The read timeout bounds each read, and the Capillary client
+    cuts a call off at the same worst case (``CapillaryClient.worst_case_seconds``).
+    """
+    timeout = settings.capillary_timeout_seconds
+    one_request = CAPILLARY_CONNECT_ATTEMPTS * timeout + CAPILLARY_CONNECT_BACKOFF_SECONDS + timeout
+    return 2 * one_request + one_request + RECORDING_MARGIN_SECONDS
+
+
+def refusal(settings: Settings, remaining_seconds: float) -> str | None:
+    """Why an invocation with ``remaining_seconds`` left can never make a resend, or None if it can."""
+    needed = minimum_resend_seconds(settings)
+    if remaining_seconds >= needed:
+        return None
+    return (
+        f"configuration refused: one resend may take {needed:g} s at CAPILLARY_TIMEOUT_SECONDS="
+        f"{settings.capillary_timeout_seconds:g}, but the invocation has {remaining_seconds:.1f} s; raise "
+        "the function timeout (FunctionTimeout) or lower CAPILLARY_TIMEOUT_SECONDS (CapillaryTimeoutSeconds)"
+    )
+
+
+class StartupCheck:
+    """Refuses, once per container and from then on, settings under which no resend can ever be made.
+
+    Checked at the first invocation, whose remaining time is the function's timeout: a timeout too short
+    for one resend stays too short, so the verdict is kept for the container's life.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._lock = threading.Lock()
+        self._checked = False
+        self._refusal: str | None = None
+
+    def check(self, remaining_seconds: float) -> None:
+        with self._lock:
+            if not self._checked:
+                self._refusal = refusal(self._settings, remaining_seconds)
+                self._checked = True
+            found = self._refusal
+        if found is not None:
+            raise ConfigurationRefusedError(found)
 
 
 def validate_base_url(url: str) -> str:

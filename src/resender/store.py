@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Final, cast
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from resender.errors import ResenderError
 from resender.models import FINAL_STATUSES, ResendResult, Status
 
 if TYPE_CHECKING:
@@ -41,7 +42,7 @@ OPTIONAL_ATTRIBUTES: Final = (
 )
 
 
-class StoreError(Exception):
+class StoreError(ResenderError):
     """DynamoDB could not be read or written; the message carries the AWS error code only."""
 
 
@@ -159,7 +160,14 @@ class OutcomeStore:
         except BotoCoreError as error:
             self._release(message_id, token, now)
             raise StoreError(f"claim failed ({type(error).__name__})") from None
-        return ClaimResult(ClaimState.CLAIMED, _claim_from(message_id, token, response.get("Attributes", {})))
+        try:
+            return ClaimResult(
+                ClaimState.CLAIMED, _claim_from(message_id, token, response.get("Attributes", {}))
+            )
+        except (KeyError, TypeError, ValueError) as error:
+            # The claim landed but its answer cannot be read: undo it, since Capillary was not called.
+            self._release(message_id, token, now)
+            raise StoreError(f"claim answer unreadable ({type(error).__name__})") from None
 
     def _release(self, message_id: int, token: str, now: float) -> None:
         """Undo a claim whose answer was lost: it may have landed, and Capillary was not called.
@@ -235,14 +243,14 @@ class OutcomeStore:
         """Settle our claim with ``outcome``; a resend also links the message it produced to this one."""
         update = self._settle_update(claim, outcome)
         try:
-            if outcome.resent_message_id is None:
+            if not linkable(claim.message_id, outcome.resent_message_id):
                 self._client.update_item(**update, ReturnValuesOnConditionCheckFailure="ALL_OLD")
             else:
                 settle = {**update, "ReturnValuesOnConditionCheckFailure": "ALL_OLD"}
                 self._client.transact_write_items(
                     TransactItems=[
                         cast("TransactWriteItemTypeDef", {"Update": settle}),
-                        self._link(claim, outcome.resent_message_id),
+                        self._link(claim, int(outcome.resent_message_id or 0)),
                     ],
                     # The claim token is used by this settle alone: an SDK retry of a transaction that was
                     # applied but whose answer was lost is then answered as a success, not a failed condition.
@@ -467,6 +475,15 @@ class OutcomeStore:
         except BotoCoreError as error:
             raise StoreError(f"forcing a claim failed ({type(error).__name__})") from None
         return _claim_from(message_id, token, response.get("Attributes", {}))
+
+
+def linkable(message_id: int, resent_message_id: int | None) -> bool:
+    """May the loop guard link ``resent_message_id`` back to ``message_id``?
+
+    Only a positive id of another message: DynamoDB refuses a transaction that writes one item twice, and a
+    message linked to itself would look like its own resend.
+    """
+    return resent_message_id is not None and 0 < resent_message_id < 2**63 and resent_message_id != message_id
 
 
 def _claim_from(message_id: int, token: str, typed_item: Mapping[str, Any]) -> Claim:

@@ -978,6 +978,34 @@ def test_redrive_without_queues_is_a_configuration_error(run, monkeypatch) -> No
     assert "--queue-url" in result.err
 
 
+def test_redrive_from_a_source_queue_without_redrive_policy_is_a_one_line_error(
+    run, local_aws, monkeypatch
+) -> None:
+    for name in ("SOURCE_QUEUE_URL", "DEAD_LETTER_QUEUE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    lonely = boto3.client("sqs", endpoint_url=local_aws.endpoint_url).create_queue(QueueName="no-redrive")
+
+    result = run("redrive", "--queue-url", lonely["QueueUrl"])
+
+    assert_one_line_error(result, 2)
+    assert "no redrive policy" in result.err and "--dlq-url" in result.err
+
+
+@pytest.mark.parametrize("spelling", ["same", "trailing-slash"])
+def test_redrive_refuses_a_source_queue_that_is_the_dead_letter_queue(run, queues_env, spelling) -> None:
+    send(queues_env, queues_env.dead_letter_queue_url, failure(ID))
+    source = queues_env.dead_letter_queue_url + ("/" if spelling == "trailing-slash" else "")
+
+    # --max bounds the run: without the refusal the message would be moved onto itself again and again.
+    result = run(
+        "redrive", "--queue-url", source, "--dlq-url", queues_env.dead_letter_queue_url, "--max", "3"
+    )
+
+    assert_one_line_error(result, 2)
+    assert "same queue" in result.err
+    assert [m["Body"] for m in drain(queues_env, queues_env.dead_letter_queue_url)] == [failure(ID)]
+
+
 def test_redrive_progress_bar_goes_to_stderr(run, queues_env) -> None:
     for n in range(3):
         send(queues_env, queues_env.dead_letter_queue_url, failure(ID + n))

@@ -23,7 +23,7 @@ import pytest
 from cfnlint.decode import cfn_yaml
 
 from resender.observability import METRICS_NAMESPACE, SERVICE_NAME, MetricName
-from resender.settings import Settings
+from resender.settings import Settings, minimum_resend_seconds
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE_PATH = ROOT / "template.yaml"
@@ -227,6 +227,47 @@ def _resolve(node: Any, template: dict[str, Any], values: dict[str, str]) -> Any
     raise AssertionError(f"unexpected intrinsic {key} in an environment variable")
 
 
+def _minimum_resend_seconds(capillary_timeout_seconds: float) -> float:
+    settings = Settings("outcomes", "secret", "https://eu.api.capillarytech.com", capillary_timeout_seconds)
+    return minimum_resend_seconds(settings)
+
+
+def _failed_assertions(template: dict[str, Any], values: dict[str, str]) -> list[str]:
+    """The AssertDescription of every Rules assertion these parameter values break, as CloudFormation does."""
+
+    def evaluate(node: Any) -> Any:
+        if isinstance(node, list):
+            return [evaluate(item) for item in node]
+        if not isinstance(node, dict):
+            return str(node)
+        ((function, arg),) = node.items()
+        if function == "Ref":
+            return values[arg]
+        if function == "Fn::Equals":
+            left, right = evaluate(arg)
+            return left == right
+        if function == "Fn::Contains":
+            options, value = evaluate(arg)
+            return value in options
+        if function == "Fn::EachMemberIn":
+            members, options = evaluate(arg)
+            return all(member in options for member in members)
+        if function == "Fn::And":
+            return all(evaluate(arg))
+        if function == "Fn::Or":
+            return any(evaluate(arg))
+        if function == "Fn::Not":
+            return not evaluate(arg)[0]
+        raise AssertionError(f"rule function {function} is not evaluated by this test")
+
+    failed = []
+    for rule in template.get("Rules", {}).values():
+        if "RuleCondition" in rule and not evaluate(rule["RuleCondition"]):
+            continue
+        failed += [a["AssertDescription"] for a in rule["Assertions"] if not evaluate(a["Assert"])]
+    return failed
+
+
 def _parameter_values(parameters: dict[str, Any], overrides: dict[str, str]) -> dict[str, str]:
     values = {name: str(spec["Default"]) for name, spec in parameters.items() if "Default" in spec}
     values.update(overrides)
@@ -329,9 +370,51 @@ def test_visibility_timeout_is_at_least_six_times_the_function_timeout(
 
 
 def test_capillary_timeout_leaves_room_inside_the_function_timeout(parameters: dict[str, Any]) -> None:
-    assert int(parameters["CapillaryTimeoutSeconds"]["Default"]) * 2 <= int(
-        parameters["FunctionTimeout"]["Default"]
-    )
+    timeout = float(parameters["CapillaryTimeoutSeconds"]["Default"])
+    assert int(parameters["FunctionTimeout"]["Default"]) >= _minimum_resend_seconds(timeout)
+
+
+def test_rules_accept_exactly_the_timeouts_that_leave_room_for_one_resend(
+    template: dict[str, Any], parameters: dict[str, Any]
+) -> None:
+    """Every allowed pair: accepted by the Rules if and only if one worst-case resend fits the function."""
+    capillary_timeouts = [str(v) for v in parameters["CapillaryTimeoutSeconds"]["AllowedValues"]]
+    function_timeouts = [str(v) for v in parameters["FunctionTimeout"]["AllowedValues"]]
+    defaults = _parameter_values(parameters, {"CapillaryBaseUrl": "https://eu.api.capillarytech.com"})
+    for capillary in capillary_timeouts:
+        needed = _minimum_resend_seconds(float(capillary))
+        accepted = []
+        for function in function_timeouts:
+            values = {**defaults, "CapillaryTimeoutSeconds": capillary, "FunctionTimeout": function}
+            failed = _failed_assertions(template, values)
+            fits = int(function) >= needed
+            assert (not failed) == fits, (capillary, function, needed, failed)
+            if fits:
+                accepted.append(function)
+            else:
+                assert all("FunctionTimeout" in d and "CapillaryTimeoutSeconds" in d for d in failed), failed
+        assert accepted, f"CapillaryTimeoutSeconds={capillary} admits no FunctionTimeout: drop it"
+
+
+def test_every_refusal_says_what_to_change(template: dict[str, Any], parameters: dict[str, Any]) -> None:
+    function_timeouts = sorted(int(v) for v in parameters["FunctionTimeout"]["AllowedValues"])
+    rules = template["Rules"]
+    assert rules, "the template must refuse timeouts that leave no room for a resend"
+    for name, rule in rules.items():
+        (capillary,) = [str(arg) for arg in rule["RuleCondition"]["Fn::Equals"] if not isinstance(arg, dict)]
+        smallest = min(t for t in function_timeouts if t >= _minimum_resend_seconds(float(capillary)))
+        for assertion in rule["Assertions"]:
+            description = assertion["AssertDescription"]
+            assert f"CapillaryTimeoutSeconds={capillary}" in description, name
+            assert f"set FunctionTimeout to {smallest} or more" in description, name
+
+
+def test_the_shipped_parameter_sets_pass_the_rules(
+    template: dict[str, Any], parameters: dict[str, Any], samconfig: dict[str, Any]
+) -> None:
+    base = {"CapillaryBaseUrl": "https://eu.api.capillarytech.com"}
+    for overrides in (base, _overrides(samconfig, "default"), _overrides(samconfig, "prod")):
+        assert _failed_assertions(template, _parameter_values(parameters, overrides)) == []
 
 
 def test_sqs_event_source_reports_batch_item_failures(sqs_event: dict[str, Any]) -> None:
@@ -657,6 +740,8 @@ def test_alarms_watch_emitted_metrics_and_notify_the_optional_topic(resources: d
         (METRICS_NAMESPACE, MetricName.UNCERTAIN.value),
         (METRICS_NAMESPACE, MetricName.OUTCOME_WRITE_FAILED.value),
         (METRICS_NAMESPACE, MetricName.DEFERRAL_AGE.value),
+        (METRICS_NAMESPACE, MetricName.CONFIGURATION_REFUSED.value),
+        (METRICS_NAMESPACE, MetricName.UNEXPECTED_ERROR.value),
         ("AWS/SQS", "ApproximateNumberOfMessagesVisible"),
         ("AWS/SQS", "ApproximateAgeOfOldestMessage"),
         ("AWS/Lambda", "Errors"),

@@ -407,15 +407,6 @@ def test_a_deferred_copy_carries_its_deferral_count_first_seen_time_and_other_at
     assert all(name != "blob" for name, _, _ in delivery.message_attributes)
 
 
-def test_fifo_sources_are_recognised() -> None:
-    fifo = "arn:aws:sqs:us-east-1:123456789012:failures.fifo"
-    _, delivery = one_delivery({"Records": [sqs_record(failure(MESSAGE_ID), source_arn=fifo)]})
-    _, standard = one_delivery({"Records": [sqs_record(failure(MESSAGE_ID))]})
-
-    assert delivery.from_fifo_queue
-    assert not standard.from_fifo_queue
-
-
 def test_sqs_batch_keeps_order_and_every_record() -> None:
     bodies = [failure(n) for n in (3, 1, 2)]
 

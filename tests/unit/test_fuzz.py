@@ -38,7 +38,7 @@ from resender import app
 from resender.local.runner import LocalContext
 from resender.models import ResendResult, Verdict
 from resender.processor import Resender
-from resender.settings import Settings
+from resender.settings import Settings, StartupCheck
 from resender.store import Claim, ClaimResult, ClaimState, Outcome, StoreError
 from tests.builders import QUEUE_ARN, TOPIC_ARN, sqs_record
 
@@ -376,7 +376,7 @@ def run_handler(
         queues=queues,  # type: ignore[arg-type]
         executor=pool,
     )
-    app.reset_container(app.Container(SETTINGS, None, resender))  # type: ignore[arg-type]
+    app.reset_container(app.Container(SETTINGS, None, resender, StartupCheck(SETTINGS)))  # type: ignore[arg-type]
     response = app.lambda_handler({"Records": records}, LocalContext(30))
     return response, capillary, queues
 

@@ -9,7 +9,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from resender.settings import ConfigurationError, Settings, validate_base_url
+from resender.settings import (
+    CAPILLARY_CONNECT_ATTEMPTS,
+    CAPILLARY_CONNECT_BACKOFF_SECONDS,
+    RECORDING_MARGIN_SECONDS,
+    ConfigurationError,
+    ConfigurationRefusedError,
+    Settings,
+    StartupCheck,
+    minimum_resend_seconds,
+    validate_base_url,
+)
 
 # URL strategies are slow to draw from, so these properties run 100 examples each.
 PROPERTY = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -374,6 +384,44 @@ def test_a_single_bad_setting_is_reported_alone() -> None:
         Settings.from_env({**environ, "MAX_RESEND_DEPTH": "-1"})
 
     assert str(caught.value) == "MAX_RESEND_DEPTH must be at least 0"
+
+
+# --- the budget of one resend, and the start-up refusal ----------------------------------------------------
+
+
+def test_connect_attempts_in_the_budget_are_the_ones_the_client_makes() -> None:
+    from resender.capillary import build_session
+
+    retry = build_session(1).get_adapter("https://eu.api.capillarytech.com").max_retries
+    assert 1 + retry.connect == CAPILLARY_CONNECT_ATTEMPTS
+    assert retry.read == 0  # a resend is never repeated after it may have been sent
+
+
+@pytest.mark.parametrize("timeout", [0.5, 1.0, 2.0, 10.0, 60.0])
+def test_minimum_resend_covers_two_requests_a_token_request_and_recording(timeout: float) -> None:
+    one_request = CAPILLARY_CONNECT_ATTEMPTS * timeout + CAPILLARY_CONNECT_BACKOFF_SECONDS + timeout
+    budget = minimum_resend_seconds(from_env(CAPILLARY_TIMEOUT_SECONDS=str(timeout)))
+    assert budget == pytest.approx(3 * one_request + RECORDING_MARGIN_SECONDS)
+    assert budget > 12 * timeout
+
+
+def test_start_up_check_accepts_a_timeout_with_room_for_one_resend() -> None:
+    settings = from_env(CAPILLARY_TIMEOUT_SECONDS="2")
+    check = StartupCheck(settings)
+    check.check(minimum_resend_seconds(settings))
+    check.check(0.5)  # a later, nearly spent invocation is not a configuration problem
+
+
+def test_start_up_check_refuses_and_keeps_refusing_naming_the_settings_to_change() -> None:
+    settings = from_env(CAPILLARY_TIMEOUT_SECONDS="10")
+    check = StartupCheck(settings)
+    with pytest.raises(ConfigurationRefusedError) as refused:
+        check.check(30.0)
+    message = str(refused.value)
+    assert "FunctionTimeout" in message and "CAPILLARY_TIMEOUT_SECONDS" in message
+    assert f"{minimum_resend_seconds(settings):g} s" in message
+    with pytest.raises(ConfigurationRefusedError):
+        check.check(900.0)  # the verdict of the first invocation stands for the container
 
 
 # --- pacing ------------------------------------------------------------------------------------------------

@@ -192,3 +192,38 @@ def test_a_different_outcome_on_a_settled_claim_is_still_a_lost_claim(store) -> 
 
     with pytest.raises(ClaimLostError):
         store.record(claim, Outcome(Status.RESENT, resent_message_id=ID + 1))
+
+
+@pytest.mark.parametrize("resent_id", [ID, 0, -3], ids=["itself", "zero", "negative"])
+def test_an_id_that_is_no_other_message_is_never_linked(store, dynamodb, resent_id) -> None:
+    calls: list[str] = []
+    dynamodb.meta.events.register("before-call.dynamodb.*", lambda model, **_: calls.append(model.name))
+    claim = store.claim(ID, lease_seconds=90).claim
+
+    store.record(claim, Outcome(Status.UNCERTAIN, resent_message_id=resent_id, error_message="odd id"))
+
+    assert calls == ["UpdateItem", "UpdateItem"], "a plain settle, no transaction with a link"
+    item = store.get(ID)
+    assert item["status"] == "UNCERTAIN" and "resendOf" not in item
+    assert store.get(0) is None
+
+
+def test_a_claim_whose_answer_cannot_be_read_is_released(store, monkeypatch) -> None:
+    import resender.store as store_module
+
+    real = store_module._claim_from
+    answers = iter([KeyError("attempts")])
+
+    def unreadable(*args: object) -> object:
+        error = next(answers, None)
+        if error is not None:
+            raise error
+        return real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store_module, "_claim_from", unreadable)
+
+    with pytest.raises(StoreError, match="KeyError"):
+        store.claim(ID, lease_seconds=90)
+
+    assert store.get(ID)["status"] == "RETRYING", "released: Capillary was not called"
+    assert store.claim(ID, lease_seconds=90).state is ClaimState.CLAIMED

@@ -11,7 +11,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
+
+if TYPE_CHECKING:
+    from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from resender.local.aws import LocalResources, MotoServer, patched_environ, provision
 from resender.local.stub import CapillaryStub
@@ -24,9 +27,13 @@ DOCUMENTED_NOT_FOUND_ID = 174606165
 
 @dataclass
 class LocalContext:
-    """The parts of Lambda's context object that the handler and Powertools read."""
+    """The parts of Lambda's context object that the handler and Powertools read.
 
-    timeout_seconds: float = 30.0
+    The default timeout is the template's default ``FunctionTimeout``, so a local run is refused or accepted
+    as the deployed function would be.
+    """
+
+    timeout_seconds: float = 180.0
     function_name: str = "resender-local"
     function_version: str = "$LATEST"
     memory_limit_in_mb: int = 256
@@ -72,14 +79,15 @@ def is_env_vars_file(document: dict[str, Any]) -> bool:
     )
 
 
-def invoke(event: dict[str, Any], event_file: str = "<event>", timeout_seconds: float = 30.0) -> Invocation:
+def invoke(event: dict[str, Any], event_file: str = "<event>", timeout_seconds: float = 180.0) -> Invocation:
     """Call the real handler once; a raised error is reported, as Lambda would report it."""
     from resender.app import lambda_handler
 
     printed = io.StringIO()
     try:
         with contextlib.redirect_stdout(printed):
-            response = lambda_handler(event, LocalContext(timeout_seconds))
+            # LocalContext has every attribute the handler and Powertools read from Lambda's context.
+            response = lambda_handler(event, cast("LambdaContext", LocalContext(timeout_seconds)))
     except Exception as error:
         return Invocation(event_file, None, f"{type(error).__name__}: {error}", printed.getvalue())
     return Invocation(event_file, response, None, printed.getvalue())
