@@ -59,7 +59,7 @@ build:  ## sam build: the Lambda artefact under .aws-sam/
 	bash tools/build.sh
 
 fuzz: $(STAMP)  ## property-based fuzzing with FUZZ_EXAMPLES examples per property (default 10000)
-	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-10000} $(BIN)/python -m pytest tests/unit/test_fuzz.py -q -p no:cacheprovider --hypothesis-show-statistics
+	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-10000} $(BIN)/python -m pytest tests/unit/test_fuzz.py tests/unit/test_classify.py -q -p no:cacheprovider --hypothesis-show-statistics
 
 bench: $(STAMP)  ## print throughput, request, cold-start and outage-storm figures (BENCH_ARGS=--storm: storm only)
 	$(BIN)/python -m bench.run $(BENCH_ARGS)

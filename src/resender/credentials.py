@@ -36,16 +36,29 @@ class BasicCredentials:
     password: str = field(repr=False)
 
     def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Basic {self._token()}"}
+
+    def secret_values(self) -> tuple[str, ...]:
+        """Everything derived from the password that must never be echoed: see :mod:`resender.scrub`."""
+        token = self._token()
+        return (self.password, self._digest(), token, f"Basic {token}")
+
+    def _digest(self) -> str:
         # Capillary's Basic scheme carries the md5 of the password, not the password itself.
-        digest = hashlib.md5(self.password.encode("utf-8"), usedforsecurity=False).hexdigest()
-        token = base64.b64encode(f"{self.username}:{digest}".encode()).decode("ascii")
-        return {"Authorization": f"Basic {token}"}
+        return hashlib.md5(self.password.encode("utf-8"), usedforsecurity=False).hexdigest()
+
+    def _token(self) -> str:
+        return base64.b64encode(f"{self.username}:{self._digest()}".encode()).decode("ascii")
 
 
 @dataclass(frozen=True, slots=True)
 class OAuthCredentials:
     client_key: str
     client_secret: str = field(repr=False)
+
+    def secret_values(self) -> tuple[str, ...]:
+        """The client key and secret; the tokens they buy are added by the client that holds them."""
+        return (self.client_key, self.client_secret)
 
 
 Credentials = BasicCredentials | OAuthCredentials

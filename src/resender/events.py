@@ -30,6 +30,11 @@ _DIGITS = re.compile(r"[0-9]{1,19}")
 # An SNS envelope nested in an EventBridge event nested in ... is legitimate up to a point; past it, the
 # body is treated as what it most likely is: a payload that happens to look like an envelope.
 _MAX_UNWRAP_DEPTH: Final = 4
+#: Deepest nesting of arrays and objects a body may have. A fixed limit, not Python's recursion limit, so a
+#: body is poison or not whatever thread or stack depth reads it.
+MAX_NESTING_DEPTH: Final = 64
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+_NOT_A_BRACKET = re.compile(r"[^\[\]{}]+")
 
 
 class EventSource(StrEnum):
@@ -234,9 +239,21 @@ def _sns_delivery(record: Mapping[str, Any]) -> Delivery:
     )
 
 
+def nesting_depth(text: str) -> int:
+    """How deeply arrays and objects nest in ``text`` (brackets inside strings do not count)."""
+    brackets = _NOT_A_BRACKET.sub("", _JSON_STRING.sub("", text))
+    depth = deepest = 0
+    for bracket in brackets:
+        depth += 1 if bracket in "[{" else -1
+        deepest = max(deepest, depth)
+    return deepest
+
+
 def _load_json(text: str, what: str) -> Any:
     if not text.strip():
         raise PoisonError(f"{what} is empty")
+    if nesting_depth(text) > MAX_NESTING_DEPTH:
+        raise PoisonError(f"{what} is nested more than {MAX_NESTING_DEPTH} levels deep")
     try:
         return json.loads(text, parse_constant=_reject_constant)
     except RecursionError:

@@ -42,9 +42,12 @@ from resender.queues import NoDeadLetterQueueError, QueueError, Queues
 from resender.settings import Settings
 from resender.store import Claim, ClaimLostError, ClaimState, Outcome, OutcomeStore, StoreError
 
-# A call must be able to finish inside the invocation: with less time left than the read timeout plus this,
-# a record is not claimed at all but handed back to the queue.
+# Time kept back at the end of the invocation to record an outcome and answer Lambda. A record is claimed
+# only if the whole budget of its Capillary call plus this fits in the time left, and the call is given a
+# deadline this long before the invocation's end.
 DEADLINE_SAFETY_SECONDS: Final = 2.0
+# Visibility changes for retried records stop when less than this is left: the batch response must go out.
+VISIBILITY_MARGIN_SECONDS: Final = 1.0
 # How many times an outcome write is tried within the invocation before the claim is left to expire.
 RECORD_ATTEMPTS: Final = 3
 
@@ -78,6 +81,8 @@ class RecordReport:
     # Seconds the record must stay hidden before its next delivery (a Retry-After, or a live lease).
     min_delay_seconds: float = 0.0
     metrics: list[Metric] = field(default_factory=list)
+    # Handed back before anything was done (no claim, no call): not worth a visibility change or a log line.
+    untouched: bool = False
 
 
 @dataclass(slots=True)
@@ -148,11 +153,12 @@ class Resender:
             reports = self._process_fifo(parsed, breaker, remaining)
         else:
             reports = self._process_standard(parsed, breaker, remaining)
-        for report in reports:
-            # FIFO: the visibility of a record handed back is left alone, so no change can reorder a group;
-            # the group waits for the queue's visibility timeout instead.
-            if report.retry and not _from_fifo_queue(report.delivery):
-                self._schedule_retry(report)
+        self._count_untouched(reports)
+        # FIFO: the visibility of a record handed back is left alone, so no change can reorder a group;
+        # the group waits for the queue's visibility timeout instead. Records handed back untouched are left
+        # alone too: they cost nothing, whatever the batch size.
+        delayed = [r for r in reports if r.retry and not r.untouched and not _from_fifo_queue(r.delivery)]
+        self._schedule_retries(delayed, remaining)
         return reports
 
     def _parse(self, delivery: Delivery) -> ParsedRecord:
@@ -176,7 +182,7 @@ class Resender:
         reports: list[RecordReport] = []
         for record in parsed:
             if isinstance(record, Poison):
-                reports.append(self._set_aside(record))
+                reports.append(self._set_aside(record, remaining))
             elif first_by_id[record.message_id] is record:
                 reports.append(futures[record.message_id].result())
             else:
@@ -215,12 +221,27 @@ class Resender:
             if blocking is not None:
                 reports.append(_held_back(record, blocking))
             elif isinstance(record, Poison):
-                reports.append(self._set_aside(record))
+                reports.append(self._set_aside(record, remaining))
             else:
                 reports.append(self._in_context(record, breaker, remaining))
             if blocking is None and reports[-1].retry:
                 blocking = reports[-1]
         return reports
+
+    def _fits(self, time_left: float) -> bool:
+        return time_left >= self._capillary.worst_case_seconds + DEADLINE_SAFETY_SECONDS
+
+    @staticmethod
+    def _count_untouched(reports: list[RecordReport]) -> None:
+        untouched = [report for report in reports if report.untouched]
+        if not untouched:
+            return
+        # One metric value and one line for all of them: a batch of 10,000 must be handed back cheaply.
+        untouched[0].metrics.append(Metric(MetricName.RETRYING, float(len(untouched))))
+        logger.warning(
+            "records handed back untouched: not enough time left in this invocation for a Capillary call",
+            extra={"handedBack": len(untouched)},
+        )
 
     def _default_remaining(self) -> Callable[[], float]:
         deadline = self._clock() + self._settings.default_claim_lease_seconds
@@ -229,6 +250,14 @@ class Resender:
     def _in_context(
         self, notice: Notice, breaker: CircuitBreaker, remaining: Callable[[], float]
     ) -> RecordReport:
+        if not self._fits(remaining()):
+            return RecordReport(
+                notice.delivery,
+                message_id=notice.message_id,
+                retry=True,
+                untouched=True,
+                reason="not enough time left in this invocation to call Capillary safely",
+            )
         progress = _Progress()
         try:
             logger.thread_safe_append_keys(messageId=notice.message_id, recordId=notice.delivery.record_id)
@@ -281,8 +310,10 @@ class Resender:
     ) -> RecordReport:
         report = RecordReport(notice.delivery, message_id=notice.message_id)
         time_left = remaining()
-        if time_left < self._settings.capillary_timeout_seconds + DEADLINE_SAFETY_SECONDS:
+        if not self._fits(time_left):
             return _retry(report, "not enough time left in this invocation to call Capillary safely")
+        # The call returns by then, whatever Capillary does, leaving the margin to record what it said.
+        deadline = self._clock() + time_left - DEADLINE_SAFETY_SECONDS
         try:
             claimed = self._store.claim(notice.message_id, time_left + self._settings.claim_margin_seconds)
         except StoreError as error:
@@ -306,7 +337,7 @@ class Resender:
         if claimed.claim is None:  # CLAIMED always carries the claim; this keeps the type checker honest
             return _retry(report, "claim answered without a token")
         progress.claim = claimed.claim
-        return self._resend(report, claimed.claim, breaker, progress, remaining)
+        return self._resend(report, claimed.claim, breaker, progress, deadline)
 
     def _resend(
         self,
@@ -314,7 +345,7 @@ class Resender:
         claim: Claim,
         breaker: CircuitBreaker,
         progress: _Progress,
-        remaining: Callable[[], float],
+        deadline: float,
     ) -> RecordReport:
         settings = self._settings
         if claim.depth >= settings.max_resend_depth:
@@ -333,7 +364,8 @@ class Resender:
             return self._settle(report, claim, Outcome(Status.RETRYING, error_message="circuit open"), why)
         # The slot is taken only now, for a record that is ours and will be sent: a duplicate, a settled
         # message or a loop-guard skip never spends one.
-        spare = remaining() - settings.capillary_timeout_seconds - DEADLINE_SAFETY_SECONDS
+        # The wait ends early enough for the call's whole budget to fit before the deadline.
+        spare = deadline - self._clock() - self._capillary.worst_case_seconds
         permit = self._pacer.acquire(self._org(claim), max(0.0, min(settings.pacing_max_wait_seconds, spare)))
         if isinstance(permit, Refusal):
             return self._refused(report, claim, permit)
@@ -344,7 +376,7 @@ class Resender:
         if held is not None:
             return self._refused(report, claim, held)
         progress.call_started = True
-        result = self._capillary.resend(claim.message_id)
+        result = self._capillary.resend(claim.message_id, deadline=deadline)
         outcome = credible_outcome(Outcome.from_result(result), claim.message_id)
         progress.outcome = outcome
         self._pacer.observe(permit, result)
@@ -487,7 +519,12 @@ class Resender:
         )
         return report
 
-    def _set_aside(self, poison: Poison) -> RecordReport:
+    def _set_aside(self, poison: Poison, remaining: Callable[[], float]) -> RecordReport:
+        if remaining() < VISIBILITY_MARGIN_SECONDS:
+            # No time to copy it: handed back untouched, it comes again (and reaches the DLQ by redrive).
+            return RecordReport(
+                poison.delivery, retry=True, untouched=True, reason=f"{poison.reason}; not set aside in time"
+            )
         report = RecordReport(poison.delivery, reason=poison.reason, metrics=[Metric(MetricName.POISON)])
         try:
             self._queues.keep_poison(
@@ -528,6 +565,17 @@ class Resender:
             reason=f"duplicate of record {first.delivery.record_id} in the same batch",
             metrics=[Metric(MetricName.DUPLICATE)],
         )
+
+    def _schedule_retries(self, reports: list[RecordReport], remaining: Callable[[], float]) -> None:
+        for index, report in enumerate(reports):
+            if remaining() < VISIBILITY_MARGIN_SECONDS:
+                # They are still handed back; SQS shows them again after the queue's own visibility timeout.
+                logger.warning(
+                    "backoff not applied: no time left in this invocation",
+                    extra={"withoutBackoff": len(reports) - index},
+                )
+                return
+            self._schedule_retry(report)
 
     def _schedule_retry(self, report: RecordReport) -> None:
         delivery = report.delivery

@@ -150,8 +150,10 @@ def minimum_resend_seconds(settings: Settings) -> float:
 
     Each request to Capillary may spend every connect attempt on a connect timeout and then a whole read
     timeout. A resend is at most two such requests (a second attempt after an auth failure) plus one OAuth
-    token request, then the recording margin. The read timeout bounds each read, and the Capillary client
-    cuts a call off at the same worst case (``CapillaryClient.worst_case_seconds``).
+    token request, then the recording margin. This is more cautious than the Capillary client's own budget
+    (``CapillaryClient.worst_case_seconds``, which it enforces: connect attempts of at most 1 s, the token
+    request and the second attempt sharing two requests' time), so a configuration that passes can always
+    claim at the start of an invocation.
     """
     timeout = settings.capillary_timeout_seconds
     one_request = CAPILLARY_CONNECT_ATTEMPTS * timeout + CAPILLARY_CONNECT_BACKOFF_SECONDS + timeout

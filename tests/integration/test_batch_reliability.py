@@ -155,10 +155,10 @@ def test_unexpected_errors_stay_with_their_record(invoke, stub, outcome, dead_le
             raise RuntimeError(SECRET_TEXT)
         return claim(message_id, lease_seconds)
 
-    def failing_resend(message_id: int) -> Any:
+    def failing_resend(message_id: int, *, deadline: float | None = None) -> Any:
         if message_id == ID + 1:
             raise UnicodeEncodeError("latin-1", SECRET_TEXT, 0, 1, "header value")
-        return resend(message_id)
+        return resend(message_id, deadline=deadline)
 
     def failing_record(held: Any, result: Any) -> None:
         if held.message_id == ID + 2:

@@ -393,14 +393,11 @@ def test_success_without_resent_id_is_uncertain(stub: CapillaryStub) -> None:
 
 TRANSIENT_ANSWERS = [
     pytest.param(Behaviour.SERVER_ERROR, 500, 500, id="500"),
-    pytest.param(Behaviour.BAD_GATEWAY, 502, 502, id="502"),
-    pytest.param(Behaviour.GATEWAY_TIMEOUT, 504, 504, id="504"),
+    pytest.param(Behaviour.BAD_GATEWAY, 502, 502, id="502-with-capillary-error"),
     pytest.param(Behaviour.THROTTLED, 429, 429, id="429"),
     pytest.param(Behaviour.SEARCH_BUSY, 461, 461, id="461-search-busy"),
     pytest.param(Behaviour.CUSTOMER_BUSY, 521, 521, id="521-customer-busy"),
     pytest.param(Behaviour.AUTH_UNAVAILABLE, 503, 4001, id="503-4001"),
-    pytest.param(Behaviour.HTML_ERROR, 502, None, id="html-502"),
-    pytest.param(Behaviour.HTML_OK, 200, None, id="html-200"),
 ]
 
 
@@ -443,6 +440,55 @@ def test_transient_code_in_the_body_wins_over_the_http_status(
     assert (result.http_status, result.error_code, result.error_message) == (http_status, code, "busy")
 
 
+# -- answers that may follow a resend: a gateway that lost the answer, a success that cannot be read ---------
+
+MAY_HAVE_RESENT = [
+    pytest.param(Behaviour.GATEWAY_TIMEOUT, 504, id="504-gateway-gave-up-waiting"),
+    pytest.param(Behaviour.HTML_ERROR, 502, id="502-proxy-page"),
+    pytest.param(Behaviour.HTML_OK, 200, id="200-proxy-page"),
+    pytest.param(Behaviour.EMPTY_OK, 200, id="200-empty"),
+    pytest.param(Behaviour.NULL_OK, 200, id="200-null"),
+    pytest.param(Behaviour.LIST_OK, 200, id="200-json-not-an-object"),
+    pytest.param(Behaviour.OVERSIZED_OK, 200, id="200-over-the-read-cap"),
+    pytest.param(Behaviour.RESENT_BUT_UNAUTHORIZED, 401, id="401-naming-a-resend"),
+    pytest.param(Behaviour.RESENT_BUT_BUSY, 503, id="503/4001-naming-a-resend"),
+]
+
+
+@pytest.mark.parametrize("credentials", [BASIC, OAUTH], ids=["basic", "oauth"])
+@pytest.mark.parametrize(("behaviour", "http_status"), MAY_HAVE_RESENT)
+def test_answers_that_may_follow_a_resend_are_uncertain_and_never_repeated(
+    stub: CapillaryStub, behaviour: Behaviour, http_status: int, credentials: Credentials
+) -> None:
+    stub.script(MESSAGE_ID, behaviour)
+    client = make_client(stub.base_url, FakeCredentials(credentials))
+
+    result = client.resend(MESSAGE_ID)
+
+    assert result.verdict is Verdict.UNCERTAIN
+    assert result.http_status == http_status
+    assert result.error_message is not None
+    assert "may have resent" in result.error_message
+    # Not even the second attempt an auth failure would earn: the answer named a resend.
+    assert [call.behaviour for call in stub.resend_calls] == [behaviour]
+
+
+def test_a_truncated_success_is_uncertain(own_server: Callable[..., OwnServer]) -> None:
+    def truncated(handler: _OwnHandler, seen: Seen) -> None:
+        handler.send_response(200)
+        handler.send_header("Content-Length", "400")
+        handler.end_headers()
+        handler.wfile.write(success_body()[:40])
+        handler.close_connection = True
+
+    server = own_server(truncated)
+
+    result = make_client(server.base_url, FakeCredentials(BASIC)).resend(MESSAGE_ID)
+
+    assert result.verdict is Verdict.UNCERTAIN
+    assert len(server.seen) == 1
+
+
 @pytest.mark.parametrize("behaviour", [Behaviour.HTML_ERROR, Behaviour.HTML_OK])
 def test_proxy_pages_carry_no_capillary_request_id(stub: CapillaryStub, behaviour: Behaviour) -> None:
     stub.script(MESSAGE_ID, behaviour)
@@ -450,7 +496,6 @@ def test_proxy_pages_carry_no_capillary_request_id(stub: CapillaryStub, behaviou
 
     result = client.resend(MESSAGE_ID)
 
-    assert result.verdict is Verdict.TRANSIENT
     assert result.request_id is None
     assert result.error_message is not None
     assert "not JSON" in result.error_message

@@ -111,7 +111,10 @@ def test_sample_events_each_cause_one_resend(invoke, stub, name) -> None:
         (Behaviour.SEARCH_BUSY, "RETRYING", True),
         (Behaviour.CUSTOMER_BUSY, "RETRYING", True),
         (Behaviour.AUTH_UNAVAILABLE, "RETRYING", True),
-        (Behaviour.HTML_ERROR, "RETRYING", True),
+        (Behaviour.HTML_ERROR, "UNCERTAIN", False),  # a proxy's 502 page: it may have forwarded the request
+        (Behaviour.GATEWAY_TIMEOUT, "UNCERTAIN", False),
+        (Behaviour.EMPTY_OK, "UNCERTAIN", False),
+        (Behaviour.RESENT_BUT_UNAUTHORIZED, "UNCERTAIN", False),
         (Behaviour.HANG_AFTER_RESEND, "UNCERTAIN", False),
         (Behaviour.DROP_AFTER_RESEND, "UNCERTAIN", False),
         (Behaviour.NO_RESENT_ID, "UNCERTAIN", False),
@@ -425,7 +428,7 @@ def test_unsupported_event_fails_loudly(invoke) -> None:
 
 def test_record_ids_in_batch_item_failures_are_the_sqs_message_ids(invoke, stub) -> None:
     records = [sqs_record(failure(ID), record_id="sqs-a"), sqs_record(failure(ID + 1), record_id="sqs-b")]
-    stub.script(ID + 1, Behaviour.GATEWAY_TIMEOUT)
+    stub.script(ID + 1, Behaviour.SERVER_ERROR)
 
     response = invoke({"Records": records})
 

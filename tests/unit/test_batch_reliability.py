@@ -44,7 +44,7 @@ class RaisingCapillary(FakeCapillary):
         super().__init__()
         self._failing = failing
 
-    def resend(self, message_id: int) -> ResendResult:
+    def resend(self, message_id: int, *, deadline: float | None = None) -> ResendResult:
         with self._lock:
             self.calls.append(message_id)
         if message_id in self._failing:

@@ -553,3 +553,16 @@ def test_many_threads_invalidating_the_same_generation_cause_one_reread(secrets:
     assert secrets.counter.calls == 2
     assert {result.generation for result in results} == {results[0].generation}
     assert results[0].credentials == BasicCredentials(USERNAME, "rotated-password")
+
+
+def test_credentials_name_every_value_that_must_never_be_echoed() -> None:
+    basic = BasicCredentials("store.server", "server123")
+    header = basic.headers()["Authorization"]
+
+    assert set(basic.secret_values()) == {
+        "server123",
+        "8a16a6b70505eb1f1ff7cdc0cd5559a7",
+        header,
+        header.removeprefix("Basic "),
+    }
+    assert OAuthCredentials("key", "secret").secret_values() == ("key", "secret")

@@ -661,3 +661,23 @@ def test_property_too_deep_chains_never_yield_a_wrong_id(chain: list[str]) -> No
     result = parse(body)
 
     assert isinstance(result, Poison) or result.message_id == MESSAGE_ID
+
+
+def test_nesting_is_limited_at_a_fixed_depth_not_at_the_stack() -> None:
+    from resender.events import MAX_NESTING_DEPTH, MessageIdParser, Notice, Poison
+
+    def body(depth: int) -> str:
+        inner = "[" * (depth - 1) + "]" * (depth - 1)
+        return '{"messageId": 1746061653596, "x": ' + inner + "}"
+
+    parser = MessageIdParser()
+    deepest_allowed = parser.parse(Delivery(record_id="a", body=body(MAX_NESTING_DEPTH)))
+    too_deep = parser.parse(Delivery(record_id="b", body=body(MAX_NESTING_DEPTH + 1)))
+    brackets_in_a_string = parser.parse(
+        Delivery(record_id="c", body='{"messageId": 1746061653596, "x": "' + "[" * 500 + '"}')
+    )
+
+    assert isinstance(deepest_allowed, Notice)
+    assert isinstance(too_deep, Poison)
+    assert "nested more than" in too_deep.reason
+    assert isinstance(brackets_in_a_string, Notice)

@@ -17,6 +17,7 @@ The default run draws a few hundred examples per property (derandomized, so CI i
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import math
 import os
@@ -31,12 +32,18 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Final
 
 import pytest
+import requests
+import requests.adapters
 from hypothesis import HealthCheck, Verbosity, example, given, settings
 from hypothesis import strategies as st
+from urllib3 import HTTPResponse
+from urllib3.exceptions import ProtocolError
 
 from resender import app
+from resender.capillary import TOKEN_PATH, CapillaryClient, build_session
+from resender.credentials import BasicCredentials, CachedCredentials, OAuthCredentials
 from resender.local.runner import LocalContext
-from resender.models import ResendResult, Verdict
+from resender.models import ResendResult, Status, Verdict
 from resender.processor import Resender
 from resender.settings import Settings, StartupCheck
 from resender.store import Claim, ClaimResult, ClaimState, Outcome, StoreError
@@ -45,6 +52,8 @@ from tests.builders import QUEUE_ARN, TOPIC_ARN, sqs_record
 FUZZ_EXAMPLES: Final = int(os.environ.get("FUZZ_EXAMPLES", "0") or 0)
 INT64_MAX: Final = 2**63 - 1
 MAX_BODY_BYTES: Final = 256 * 1024
+MAX_NESTING_DEPTH: Final = 64  # the documented limit (README: poison input)
+BASE_FUZZ_ID: Final = 1746061653596
 
 settings.register_profile(
     "resender-default",
@@ -95,9 +104,33 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(name)
 
 
+def reference_depth(text: str) -> int:
+    """Nesting depth by a character walk that tracks strings and escapes (independent of events.py)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth -= 1
+    return deepest
+
+
 def expected_id(body: str) -> int | None:
     """The id a body carries per DESIGN.md, independently of resender.events; None if it is poison."""
     if len(body.encode("utf-8", errors="surrogatepass")) > MAX_BODY_BYTES:
+        return None
+    if reference_depth(body) > MAX_NESTING_DEPTH:
         return None
     try:
         document: Any = json.loads(body, parse_constant=_reject_constant)
@@ -106,6 +139,8 @@ def expected_id(body: str) -> int | None:
                 if "Message" not in document or "TopicArn" not in document:
                     break
                 if not isinstance(document["Message"], str):
+                    return None
+                if reference_depth(document["Message"]) > MAX_NESTING_DEPTH:
                     return None
                 document = json.loads(document["Message"], parse_constant=_reject_constant)
             elif isinstance(document, dict) and "detail" in document and "detail-type" in document:
@@ -159,7 +194,9 @@ class Capillary:
         self._answers = answers
         self._lock = threading.Lock()
 
-    def resend(self, message_id: int) -> ResendResult:
+    worst_case_seconds = 4.0
+
+    def resend(self, message_id: int, *, deadline: float | None = None) -> ResendResult:
         with self._lock:
             self.calls.append(message_id)
             if self._answers:
@@ -408,6 +445,15 @@ def assert_well_formed(response: Any, records: list[dict[str, Any]]) -> list[str
 @example([('{"messageId": 9223372036854775807}', 1), ('{"messageId": 9223372036854775808}', 1)], None)
 @example([('{"messageId": "+1746061653596"}', 1), ('{"messageId": " 1746061653596"}', 2)], None)
 @example([("[" * 50_000 + "]" * 50_000, 1), ('{"messageId": "\\ud800"}', 3)], None)
+@example(
+    [
+        ('{"messageId": 1746061653596, "x": ' + "[" * 63 + "]" * 63 + "}", 1),
+        ('{"messageId": 1746061653597, "x": ' + "[" * 64 + "]" * 64 + "}", 1),
+        ('{"messageId": 1746061653598, "x": "' + "[" * 900 + '"}', 1),
+        ('{"messageId": 1746061653599, "x": ' + "[" * 1000 + "]" * 1000 + "}", 1),
+    ],
+    None,
+)
 def test_handler_answers_any_sqs_batch(
     pool, batch: list[tuple[str, int]], plan: dict[str, Any] | None
 ) -> None:
@@ -502,3 +548,241 @@ def test_poison_reason_and_log_lines_are_valid_text_whatever_the_body(pool, log_
     assert log_lines
     for line in log_lines:
         line.encode("utf-8")  # a line that is not valid UTF-8 never reaches CloudWatch
+
+
+# -- Capillary's answers, fuzzed through the real handler and the real client ---------------------------------
+#
+# The client runs for real (request building, the capped, deadline-bounded read, the classifier, the scrubber);
+# only the socket is replaced by a requests transport adapter that answers from a drawn script and keeps count
+# of what "Capillary" did. An answer drawn as *performed* (Capillary resent the message) is one that may follow
+# a resend: a clean success, anything naming a resentMessageId, a 2xx whose body is not Capillary's error
+# envelope, a gateway that gave up waiting, a 502 page, a connection dropped after the request went out. An
+# answer not performed may be anything at all, echoes of the request's credentials included. SQS is played
+# for a few rounds: what the handler hands back comes again, against the same outcomes.
+
+FUZZ_PASSWORD: Final = "fuzz-pass-w0rd"
+FUZZ_SECRETS: Final = {
+    "basic": BasicCredentials("store.fuzz", FUZZ_PASSWORD),
+    "oauth": OAuthCredentials("fuzz-client-key", "fuzz-client-s3cret"),
+}
+ROUNDS: Final = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class Answer:
+    status: int = 200
+    headers: tuple[tuple[str, str], ...] = ()
+    body: bytes = b""
+    performed: bool = False
+    echo: bool = False  # the request's headers and body are quoted in the error message
+    drop: bool = False  # the connection drops after the request was written
+
+
+class ScriptedCapillary(requests.adapters.BaseAdapter):
+    """A transport that answers from ``script`` (then a clean success) and counts what Capillary did."""
+
+    def __init__(self, script: list[Answer]) -> None:
+        super().__init__()
+        self.script = list(script)
+        self.performed: dict[int, list[bool]] = {}
+        self.tokens: list[str] = []
+        self._lock = threading.Lock()
+        self._http = requests.adapters.HTTPAdapter()
+
+    def send(self, request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> requests.Response:
+        body = request.body if isinstance(request.body, bytes) else str(request.body or "").encode()
+        if str(request.url).endswith(TOKEN_PATH):
+            token = f"fuzz-token-{uuid.uuid4().hex}"
+            with self._lock:
+                self.tokens.append(token)
+            payload = {"data": {"accessToken": token, "ttlSeconds": 300}, "errors": None}
+            return self._response(request, Answer(body=json.dumps(payload).encode()))
+        message_id = json.loads(body)["messageId"]
+        with self._lock:
+            answer = self.script.pop(0) if self.script else None
+            if answer is None:
+                answer = Answer(body=json.dumps({"resentMessageId": message_id + 1}).encode(), performed=True)
+            self.performed.setdefault(message_id, []).append(answer.performed)
+        if answer.drop:
+            raise requests.ConnectionError(ProtocolError("Connection aborted.", ConnectionResetError(104)))
+        if answer.echo:
+            quoted = f"cannot process {dict(request.headers)!r} {body!r}"
+            echoed = {"errors": [{"code": 500, "message": quoted}]}
+            answer = dataclasses.replace(
+                answer, body=json.dumps(echoed).encode(), headers=(("X-Cap-Requestid", quoted),)
+            )
+        return self._response(request, answer)
+
+    def _response(self, request: requests.PreparedRequest, answer: Answer) -> requests.Response:
+        raw = HTTPResponse(
+            body=io.BytesIO(answer.body),
+            headers=dict(answer.headers),
+            status=answer.status,
+            preload_content=False,
+            decode_content=True,
+        )
+        return self._http.build_response(request, raw)
+
+    def close(self) -> None:
+        return
+
+
+class MemoryStore:
+    """Claims as DynamoDB's conditional write decides them: free or RETRYING is claimed, anything else is not."""
+
+    def __init__(self) -> None:
+        self.status: dict[int, Status] = {}
+        self._lock = threading.Lock()
+
+    def claim(self, message_id: int, lease_seconds: float) -> ClaimResult:
+        with self._lock:
+            status = self.status.get(message_id)
+            if status is None or status is Status.RETRYING:
+                self.status[message_id] = Status.IN_PROGRESS
+                return ClaimResult(ClaimState.CLAIMED, Claim(message_id, "token", 1, 0, None, message_id))
+            if status is Status.IN_PROGRESS:
+                return ClaimResult(ClaimState.IN_FLIGHT)
+            return ClaimResult(ClaimState.SETTLED, status=status)
+
+    def record(self, claim: Claim, outcome: Outcome) -> None:
+        with self._lock:
+            self.status[claim.message_id] = outcome.status
+
+
+class SingleCredentials:
+    def __init__(self, credentials: BasicCredentials | OAuthCredentials) -> None:
+        self._cached = CachedCredentials(credentials, 1)
+
+    def get(self) -> CachedCredentials:
+        return self._cached
+
+    def invalidate(self, generation: int) -> None:
+        return
+
+
+ENVELOPE_CODES = [400, 401, 403, 429, 461, 498, 500, 502, 503, 504, 521, 4000, 4001, 4223, 9999]
+answer_statuses = st.one_of(
+    st.sampled_from([200, 201, 204, 400, 401, 403, 429, 461, 498, 500, 502, 503, 504, 521, 524, 599]),
+    st.integers(min_value=100, max_value=599),
+)
+answer_headers = st.lists(
+    st.tuples(
+        st.sampled_from(["X-Cap-Requestid", "Retry-After", "Content-Type", "Content-Encoding"]),
+        st.one_of(st.sampled_from(["gzip", "3", "nan", "-1", "text/html"]), st.text(max_size=20)).map(
+            lambda v: (
+                v.encode("latin-1", errors="ignore").decode("latin-1").replace("\r", "").replace("\n", "")
+            )
+        ),
+    ),
+    max_size=3,
+    unique_by=lambda pair: pair[0],
+)
+error_envelopes = st.lists(
+    st.fixed_dictionaries(
+        {"code": st.one_of(st.sampled_from(ENVELOPE_CODES), json_values), "message": st.text(max_size=30)}
+    ),
+    min_size=1,
+    max_size=2,
+).map(lambda errors: {"warnings": [], "errors": errors})
+not_an_envelope = st.one_of(
+    st.binary(max_size=40),
+    st.sampled_from([b"", b"null", b"[]", b"<html>502 Bad Gateway</html>", b"x" * (70 * 1024)]),
+    json_values.filter(lambda v: not isinstance(v, dict)).map(lambda v: json.dumps(v).encode()),
+    st.dictionaries(st.sampled_from(["orgId", "warnings", "data"]), json_values, max_size=2).map(
+        lambda d: json.dumps(d).encode()
+    ),
+)
+any_body = st.one_of(not_an_envelope, error_envelopes.map(lambda d: json.dumps(d).encode()))
+naming_a_resend = st.builds(
+    lambda status, errors, resent: json.dumps({**errors, "resentMessageId": resent}).encode(),
+    answer_statuses,
+    st.one_of(st.just({}), error_envelopes),
+    st.one_of(
+        st.integers(min_value=-5, max_value=INT64_MAX + 5), json_values.filter(lambda v: v is not None)
+    ),
+)
+after_a_resend = st.one_of(
+    st.builds(Answer, answer_statuses, answer_headers, naming_a_resend, st.just(True)),
+    st.builds(
+        Answer, st.integers(min_value=200, max_value=299), answer_headers, not_an_envelope, st.just(True)
+    ),
+    st.builds(Answer, st.sampled_from([504, 524, 598, 599]), answer_headers, any_body, st.just(True)),
+    st.builds(Answer, st.just(502), answer_headers, not_an_envelope, st.just(True)),
+    st.just(Answer(performed=True, drop=True)),
+)
+not_resent = st.builds(
+    Answer,
+    answer_statuses,
+    answer_headers,
+    any_body,
+    st.just(False),
+    echo=st.booleans(),
+    drop=st.booleans(),
+)
+answer_scripts = st.lists(st.one_of(after_a_resend, not_resent), max_size=12)
+
+
+def forbidden_texts(kind: str, adapter: ScriptedCapillary) -> list[str]:
+    credentials = FUZZ_SECRETS[kind]
+    return [*credentials.secret_values(), *adapter.tokens]
+
+
+@settings(FUZZ_LIGHT, suppress_health_check=list(HealthCheck))
+@given(
+    st.lists(st.integers(min_value=1, max_value=30), min_size=1, max_size=10),
+    answer_scripts,
+    st.sampled_from(sorted(FUZZ_SECRETS)),
+)
+@example([1, 2], [Answer(500, echo=True), Answer(401, echo=True)], "basic")
+@example([1, 2], [Answer(200, echo=True), Answer(498, echo=True)], "oauth")
+@example(
+    [1], [Answer(401, body=b'{"resentMessageId": 7, "errors": [{"code": 401}]}', performed=True)], "oauth"
+)
+@example([1], [Answer(200, body=b"null", performed=True)], "basic")
+@example([1], [Answer(504, body=b"", performed=True)], "basic")
+def test_any_answers_from_capillary_never_resend_twice_never_raise_never_log_a_credential(
+    pool, log_lines, ids: list[int], script: list[Answer], kind: str
+) -> None:
+    examples_run["answers"] += 1
+    adapter = ScriptedCapillary(script)
+    session = build_session(4)
+    session.mount("https://", adapter)
+    client = CapillaryClient(
+        SETTINGS.capillary_base_url,
+        SingleCredentials(FUZZ_SECRETS[kind]),  # type: ignore[arg-type]
+        timeout_seconds=SETTINGS.capillary_timeout_seconds,
+        session=session,
+    )
+    store = MemoryStore()
+    resender = Resender(
+        SETTINGS,
+        store=store,  # type: ignore[arg-type]
+        capillary=client,
+        queues=Queues(delay_fails=False),  # type: ignore[arg-type]
+        executor=pool,
+    )
+    app.reset_container(app.Container(SETTINGS, None, resender, StartupCheck(SETTINGS)))  # type: ignore[arg-type]
+    lines_before = len(log_lines)
+    pending = [record_of(json.dumps({"messageId": BASE_FUZZ_ID + i}), 1) for i in ids]
+
+    for round_number in range(1, ROUNDS + 1):
+        response = app.lambda_handler({"Records": pending}, LocalContext(30))  # never raises
+        retried = set(assert_well_formed(response, pending))
+        pending = [
+            record_of(record["body"], round_number + 1)
+            for record in pending
+            if record["messageId"] in retried
+        ]
+        if not pending:
+            break
+
+    for message_id, performed in adapter.performed.items():
+        assert performed.count(True) <= 1, f"{message_id} was resent twice: {performed}"
+        if True in performed:
+            assert performed.index(True) == len(performed) - 1, f"{message_id} called after a resend"
+    for message_id in adapter.performed:
+        assert store.status[message_id] is not Status.IN_PROGRESS
+    forbidden = forbidden_texts(kind, adapter)
+    for line in log_lines[lines_before:]:
+        for secret in forbidden:
+            assert secret.lower() not in line.lower(), f"a credential in a log line: {line[:200]}"

@@ -104,13 +104,17 @@ class FakeCapillary:
         default: Callable[[int], ResendResult] = resent,
     ) -> None:
         self.calls: list[int] = []
+        self.deadlines: list[float | None] = []
         self._sequence = list(sequence)
         self._default = default
         self._lock = threading.Lock()
 
-    def resend(self, message_id: int) -> ResendResult:
+    worst_case_seconds = 4.0
+
+    def resend(self, message_id: int, *, deadline: float | None = None) -> ResendResult:
         with self._lock:
             self.calls.append(message_id)
+            self.deadlines.append(deadline)
             if self._sequence:
                 return self._sequence.pop(0)
         return self._default(message_id)

@@ -18,7 +18,7 @@ from resender.events import DEFERRALS_ATTRIBUTE, FIRST_SEEN_ATTRIBUTE, Delivery
 from resender.models import ResendResult, Status, Verdict
 from resender.observability import MetricName
 from resender.pacing import HoldReason, Permit, Refusal
-from resender.processor import RecordReport, Resender
+from resender.processor import DEADLINE_SAFETY_SECONDS, RecordReport, Resender
 from resender.queues import QueueError
 from resender.store import Claim, ClaimLostError, StoreError
 from tests.builders import TOPIC_ARN
@@ -275,11 +275,13 @@ def test_a_granted_record_waits_for_its_slot_then_is_sent(executor) -> None:
 
 def test_the_wait_for_a_slot_is_bounded_by_the_time_left_in_the_invocation(executor) -> None:
     pacer = ScriptedPacer()
-    paced = Paced(executor, pacer, pacing_max_wait_seconds=10.0, capillary_timeout_seconds=5.0)
+    paced = Paced(executor, pacer, pacing_max_wait_seconds=10.0)
 
     paced.process(fresh(BASE_ID), remaining=12.0)
 
-    assert pacer.max_wait == pytest.approx(12.0 - 5.0 - 2.0)
+    # What is left after the call's whole budget (the fake's worst case) and the margin to record it.
+    worst_case = paced.capillary.worst_case_seconds
+    assert pacer.max_wait == pytest.approx(12.0 - DEADLINE_SAFETY_SECONDS - worst_case, abs=0.05)
 
 
 def test_a_hold_learnt_while_waiting_cancels_the_call(executor) -> None:

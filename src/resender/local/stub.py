@@ -80,10 +80,43 @@ class Behaviour(StrEnum):
     NO_RESENT_ID = "no_resent_id"
     DROP_AFTER_RESEND = "drop_after_resend"
     HANG_AFTER_RESEND = "hang_after_resend"
+    # The resend is done, then the answer drips: headers at once, the body a byte per drip_interval_seconds.
+    DRIP_AFTER_RESEND = "drip_after_resend"
+    # The resend is done, and something on the way mangles the success answer.
+    EMPTY_OK = "empty_ok"
+    NULL_OK = "null_ok"
+    LIST_OK = "list_ok"
+    OVERSIZED_OK = "oversized_ok"
+    # An error beside the id of a resend that was made.
+    RESENT_BUT_UNAUTHORIZED = "resent_but_unauthorized"
+    RESENT_BUT_BUSY = "resent_but_busy"
+    # HTTP 500 whose error message echoes the request: its headers, its body, the decoded Basic credentials
+    # (the md5 of the password, also in upper case).
+    ECHO_REQUEST = "echo_request"
 
 
 #: Behaviours after which Capillary has resent the message, whatever the client ends up seeing.
-_PERFORMED: Final = frozenset({Behaviour.OK, Behaviour.DROP_AFTER_RESEND, Behaviour.HANG_AFTER_RESEND})
+_PERFORMED: Final = frozenset(
+    {
+        Behaviour.OK,
+        Behaviour.DROP_AFTER_RESEND,
+        Behaviour.HANG_AFTER_RESEND,
+        Behaviour.DRIP_AFTER_RESEND,
+        Behaviour.EMPTY_OK,
+        Behaviour.NULL_OK,
+        Behaviour.LIST_OK,
+        Behaviour.OVERSIZED_OK,
+        Behaviour.RESENT_BUT_UNAUTHORIZED,
+        Behaviour.RESENT_BUT_BUSY,
+    }
+)
+
+#: How a malformed OAuth token is spoiled (``token_flaw``): each is a value an HTTP header cannot carry.
+TOKEN_FLAWS: Final = {
+    "newline": lambda token: f"{token}\r\nX-Injected: 1",
+    "leading_space": lambda token: f" {token}",
+    "non_latin1": lambda token: f"{token}\u20ac",
+}
 
 #: Behaviours answered with Capillary's error envelope: (HTTP status, error code, message).
 _JSON_ERRORS: Final[dict[Behaviour, tuple[int, int, str]]] = {
@@ -139,6 +172,7 @@ class _Reply:
     request_id: bool = True
     drop: bool = False
     hang: bool = False
+    drip: bool = False
 
 
 @dataclass(frozen=True)
@@ -207,6 +241,11 @@ class CapillaryStub:
         self._window_calls = 0
         self._throttled = 0
         self.hang_seconds = 30.0
+        self.drip_interval_seconds = 0.2
+        # A key of TOKEN_FLAWS: every token handed out from now on is spoiled that way.
+        self.token_flaw: str | None = None
+        # (bytes written, bytes in the body) of every dripped answer, once it ended.
+        self._drips: list[tuple[int, int]] = []
         self.not_found_ids: set[int] = set()
         self.rejected_ids: set[int] = set()
         self.token_ttl_seconds = token_ttl_seconds
@@ -353,6 +392,22 @@ class CapillaryStub:
         with self._lock:
             return list(self._tokens)
 
+    @property
+    def drips(self) -> list[tuple[int, int]]:
+        """(bytes written, body length) of each dripped answer that has ended (finished or hung up on)."""
+        with self._lock:
+            return list(self._drips)
+
+    def wait_for_drips(self, count: int, timeout: float = 10.0) -> bool:
+        """Block until ``count`` dripped answers have ended; False if ``timeout`` passed first."""
+        with self._changed:
+            return self._changed.wait_for(lambda: len(self._drips) >= count, timeout)
+
+    def _drip_ended(self, written: int, total: int) -> None:
+        with self._changed:
+            self._drips.append((written, total))
+            self._changed.notify_all()
+
     def wait_for_resend_calls(self, count: int, timeout: float = 5.0) -> bool:
         """Block until at least ``count`` resend calls were recorded; False if ``timeout`` passed first.
 
@@ -364,7 +419,9 @@ class CapillaryStub:
 
     # -- request handling (called from handler threads) ----------------------------------------
 
-    def _handle_resend(self, oauth_token: str | None, authorization: str | None, body: bytes) -> _Reply:
+    def _handle_resend(
+        self, oauth_token: str | None, authorization: str | None, body: bytes, request_headers: str = ""
+    ) -> _Reply:
         message_id = _parse_message_id(body)
         with self._lock:
             auth, failure = self._authenticate(oauth_token, authorization)
@@ -387,6 +444,8 @@ class CapillaryStub:
                 self._last_resent_id += 1
                 resent_id = self._last_resent_id
             self._record(ResendCall(message_id, behaviour, behaviour in _PERFORMED, resent_id, auth, now))
+            if behaviour is Behaviour.ECHO_REQUEST:
+                return self._echo(authorization, body, request_headers)
             return self._reply_for(behaviour, message_id, resent_id)
 
     def _over_window_limit(self, now: float) -> float | None:
@@ -424,6 +483,8 @@ class CapillaryStub:
                     {"data": None, "errors": [{"code": 320001, "message": "Invalid client key and secret"}]},
                 )
             token = secrets.token_urlsafe(32)
+            if self.token_flaw is not None:
+                token = TOKEN_FLAWS[self.token_flaw](token)
             ttl = self.token_ttl_seconds
             self._tokens[token] = _Token(
                 time.monotonic() + ttl, datetime.fromtimestamp(time.time() + ttl, UTC)
@@ -445,6 +506,18 @@ class CapillaryStub:
                 return "basic", None
             return "basic", unauthorized
         return "none", unauthorized
+
+    def _echo(self, authorization: str | None, body: bytes, request_headers: str) -> _Reply:
+        """A server that quotes the request back in its error: what a scrubber must catch."""
+        decoded = ""
+        if authorization is not None and authorization[:6].lower() == "basic ":
+            with contextlib.suppress(ValueError):
+                decoded = base64.b64decode(authorization[6:].strip()).decode("utf-8", errors="replace")
+        echoed = (
+            f"cannot process request; headers: {request_headers!r}; body: {body.decode(errors='replace')}; "
+            f"credentials: {decoded}; password digest: {decoded.partition(':')[2].upper()}"
+        )
+        return _errors(500, 500, echoed)
 
     def _next_behaviour(self, message_id: int) -> Behaviour:
         if self._fail_next:
@@ -480,6 +553,21 @@ class CapillaryStub:
             return _Reply(200, _HTML_CAPTIVE, "text/html; charset=utf-8", request_id=False)
         if behaviour is Behaviour.NO_RESENT_ID:
             return _json(200, {"warnings": []})
+        if behaviour is Behaviour.EMPTY_OK:
+            return _Reply(200)
+        if behaviour is Behaviour.NULL_OK:
+            return _Reply(200, b"null")
+        if behaviour is Behaviour.LIST_OK:
+            return _json(200, [{"resentMessageId": resent_id}])
+        if behaviour is Behaviour.OVERSIZED_OK:
+            padding = "x" * (_MAX_BODY_BYTES + 1024)
+            return _json(200, {"orgId": ORG_ID, "warnings": [padding], "resentMessageId": resent_id})
+        if behaviour is Behaviour.RESENT_BUT_UNAUTHORIZED:
+            payload = {"resentMessageId": resent_id, "errors": [{"code": 401, "message": "Unauthorized"}]}
+            return _json(401, payload)
+        if behaviour is Behaviour.RESENT_BUT_BUSY:
+            status, code, text = _JSON_ERRORS[Behaviour.AUTH_UNAVAILABLE]
+            return _json(status, {"resentMessageId": resent_id, "errors": [{"code": code, "message": text}]})
         ok = _json(
             200,
             {
@@ -493,6 +581,8 @@ class CapillaryStub:
             return _Reply(ok.status, drop=True)
         if behaviour is Behaviour.HANG_AFTER_RESEND:
             return _Reply(ok.status, ok.body, hang=True)
+        if behaviour is Behaviour.DRIP_AFTER_RESEND:
+            return _Reply(ok.status, ok.body, drip=True)
         return ok
 
     def _record(self, call: ResendCall) -> None:
@@ -583,7 +673,10 @@ class _Handler(BaseHTTPRequestHandler):
         stub = self._server.stub
         if path == RESEND_PATH:
             reply = stub._handle_resend(
-                self.headers.get("X-CAP-API-OAUTH-TOKEN"), self.headers.get("Authorization"), body
+                self.headers.get("X-CAP-API-OAUTH-TOKEN"),
+                self.headers.get("Authorization"),
+                body,
+                str(self.headers),
             )
         elif path == TOKEN_PATH:
             reply = stub._handle_token(body)
@@ -658,8 +751,29 @@ class _Handler(BaseHTTPRequestHandler):
         for name, value in reply.headers:
             self.send_header(name, value)
         self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(reply.body)
+        if self.command == "HEAD":
+            return
+        if reply.drip:
+            self._drip(reply.body)
+            return
+        self.wfile.write(reply.body)
+
+    def _drip(self, body: bytes) -> None:
+        stub, stopping = self._server.stub, self._server.stopping
+        written = 0
+        try:
+            self.wfile.flush()
+            for offset in range(len(body)):
+                if stopping.wait(stub.drip_interval_seconds):
+                    break
+                self.wfile.write(body[offset : offset + 1])
+                self.wfile.flush()
+                written += 1
+        except OSError:
+            pass  # the client hung up: what it was meant to do
+        finally:
+            self.close_connection = written < len(body)
+            stub._drip_ended(written, len(body))
 
 
 def main(argv: list[str] | None = None) -> None:
