@@ -352,8 +352,30 @@ def _version() -> str:
 # -- entry point ---------------------------------------------------------------------------------------
 
 
+#: Subcommands that run the local stack, and so need the ``local`` extra (moto) besides the ``cli`` one.
+LOCAL_COMMANDS = frozenset({"demo", "local"})
+
+
+def _missing_extra(args: argparse.Namespace) -> str | None:
+    """A one-line hint when an optional dependency of this subcommand is not installed."""
+    import importlib
+
+    needs_local = args.command in LOCAL_COMMANDS or getattr(args, "local", False)
+    for module, extra in (("boto3", "cli"), *((("moto", "local"),) if needs_local else ())):
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            return (
+                f"resender {args.command} needs {module}, which is not installed: "
+                f"pip install 'communication-resender[{extra}]'"
+            )
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if missing := _missing_extra(args):
+        return _fail(missing)
     from botocore.exceptions import BotoCoreError, ClientError
 
     from resender.errors import ResenderError

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import socket
+import sys
 import threading
 import time
 import zipfile
@@ -1326,3 +1327,23 @@ def test_resend_without_the_function_settings_is_a_configuration_error(run, monk
 
     assert_one_line_error(result, 2)
     assert "CAPILLARY_BASE_URL" in result.err
+
+
+@pytest.mark.parametrize(
+    ("argv", "module", "extra"),
+    [
+        (["status", str(ID)], "boto3", "cli"),
+        (["demo"], "moto", "local"),
+        (["local", "up"], "moto", "local"),
+        (["invoke", "--local", str(EVENTS / "sqs-plain.json")], "moto", "local"),
+    ],
+)
+def test_a_missing_optional_dependency_is_one_line_naming_the_extra(
+    run, monkeypatch, argv, module, extra
+) -> None:
+    monkeypatch.setitem(sys.modules, module, None)  # what an environment without it looks like to import
+
+    result = run(*argv)
+
+    assert_one_line_error(result, 2)
+    assert f"communication-resender[{extra}]" in result.err
