@@ -26,7 +26,12 @@ def failure(message_id: object, **extra: object) -> str:
 
 
 def sqs_record(
-    body: str, *, receive_count: int = 1, source_arn: str = QUEUE_ARN, record_id: str | None = None
+    body: str,
+    *,
+    receive_count: int = 1,
+    source_arn: str = QUEUE_ARN,
+    record_id: str | None = None,
+    sent_at_ms: int | None = None,
 ) -> dict[str, Any]:
     record_id = record_id or str(uuid.uuid4())
     return {
@@ -35,7 +40,7 @@ def sqs_record(
         "body": body,
         "attributes": {
             "ApproximateReceiveCount": str(receive_count),
-            "SentTimestamp": str(now_millis()),
+            "SentTimestamp": str(sent_at_ms if sent_at_ms is not None else now_millis()),
             "SenderId": "AIDAIENQZJOLO23YVJ4VO",
             "ApproximateFirstReceiveTimestamp": str(now_millis()),
         },

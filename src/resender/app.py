@@ -18,6 +18,7 @@ from resender.errors import ResenderError
 from resender.events import EventSource, parse_event
 from resender.observability import METRICS_NAMESPACE, SERVICE_NAME, MetricName, logger, traced
 from resender.orgs import OrgRouter
+from resender.pacing import PacingConfig, SharedPacer
 from resender.policy import ResendPolicy
 from resender.processor import Metric, Resender
 from resender.queues import Queues
@@ -66,8 +67,26 @@ def build_container(settings: Settings | None = None) -> Container:
         executor=ThreadPoolExecutor(max_workers=settings.resend_concurrency, thread_name_prefix="resend"),
         policy=ResendPolicy.from_settings(settings),
         orgs=OrgRouter(settings, credentials, capillary, capillary_client),
+        pacer=build_pacer(settings, clients),
     )
     return Container(settings, clients, resender, StartupCheck(settings))
+
+
+def build_pacer(settings: Settings, clients: AwsClients) -> SharedPacer | None:
+    """The shared limiter and breaker, or None (pacing off) without a PACING_TABLE."""
+    if settings.pacing_table is None:
+        return None
+    config = PacingConfig(
+        window_seconds=settings.rate_window_seconds,
+        rate=settings.resend_rate_per_minute,
+        burst=settings.resend_burst,
+        start_rate=settings.adaptive_start_per_minute,
+        min_rate=settings.adaptive_min_per_minute,
+        period_seconds=settings.adaptive_period_seconds,
+        breaker_threshold=settings.shared_breaker_threshold,
+        breaker_open_seconds=settings.shared_breaker_open_seconds,
+    )
+    return SharedPacer(clients.dynamodb, settings.pacing_table, config)
 
 
 _container: Container | None = None
@@ -92,7 +111,11 @@ def reset_container(replacement: Container | None = None) -> None:
 @logger.inject_lambda_context(log_event=False)
 @traced
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    current = container()
+    return handle(event, context, container())
+
+
+def handle(event: dict[str, Any], context: LambdaContext, current: Container) -> dict[str, Any]:
+    """One invocation on ``current`` (the benchmark runs several containers side by side in one process)."""
     try:
         current.startup.check(context.get_remaining_time_in_millis() / 1000)
     except ConfigurationRefusedError as refused:

@@ -588,6 +588,10 @@ def _status_command(args: argparse.Namespace) -> int:
         rows.insert(5, ("answeredOrgId", f"{document['answeredOrgId']} (Capillary answered for this org)"))
     if document.get("policy"):
         rows.insert(3, ("policy", str(document["policy"])))
+    if document.get("deferrals"):
+        rows.append(("deferrals", f"{document['deferrals']} (held back by pacing; no delivery spent)"))
+    if document.get("nextAttemptAt") and document["status"] == Status.RETRYING:
+        rows.append(("nextAttemptAt", str(document["nextAttemptAt"])))
     if document["status"] == Status.IN_PROGRESS:
         live = float(document.get("leaseExpiresAt", 0)) > time.time()
         state = "live: being resent now" if live else "expired: the next delivery records UNCERTAIN"

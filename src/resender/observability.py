@@ -35,6 +35,11 @@ class MetricName(StrEnum):
     OUTCOME_WRITE_FAILED = "OutcomeWriteFailed"
     CIRCUIT_OPEN = "CircuitOpen"
     RESEND_LATENCY = "ResendLatency"
+    THROTTLED = "Throttled"  # 429 answers from Capillary
+    DEFERRED = "Deferred"  # records held back by pacing (limiter, breaker, throttling), not failed
+    PACING_WAIT_MS = "PacingWaitMs"  # time a resend waited inside the invocation for its slot
+    BREAKER_OPEN = "BreakerOpen"  # records held back because the org's shared breaker is open
+    DEFERRAL_AGE = "DeferralAge"  # seconds since a held-back record's failure first reached the queue
     UNEXPECTED_ERROR = "UnexpectedError"
     CONFIGURATION_REFUSED = "ConfigurationRefused"
 

@@ -22,10 +22,11 @@ from jmespath.exceptions import JMESPathError
 from resender.capillary import CapillaryClient
 from resender.credentials import CredentialSource, CredentialsProvider, OrgCredentials, OrgDirectory
 from resender.errors import ResenderError
+from resender.pacing import DEFAULT_ORG
 from resender.settings import Settings
 
 #: The org key of a single-org deployment (the rate limiter and breaker key by it).
-DEFAULT_ORG_KEY: Final = "default"
+DEFAULT_ORG_KEY: Final = DEFAULT_ORG
 
 ClientFactory = Callable[[str, CredentialSource], CapillaryClient]
 

@@ -21,7 +21,7 @@ import pytest
 import requests
 from botocore.exceptions import EndpointConnectionError
 
-from resender import cli
+from resender import app, cli
 from resender.local.aws import LocalResources, MotoServer
 from resender.local.runner import DOCUMENTED_NOT_FOUND_ID
 from resender.local.stub import ORG_ID, Behaviour
@@ -30,7 +30,7 @@ from resender.observability import logger as resender_logger
 from resender.operations import AwsTarget, parse_since
 from resender.queues import POISON_REASON_ATTRIBUTE
 from resender.store import OutcomeStore
-from tests.builders import failure, sns_event, sqs_event
+from tests.builders import failure, sns_event, sqs_event, sqs_record
 
 EVENTS = Path(__file__).resolve().parents[2] / "events"
 ID = 1746061653596
@@ -484,6 +484,32 @@ def test_status_text_shows_the_error_of_a_not_found(run, invoke) -> None:
     assert lines["status"] == "NOT_FOUND"
     assert lines["error"].startswith("4223: ")
     assert lines["attempts"] == "1"
+
+
+def test_status_shows_how_often_a_record_was_held_back_and_when_it_comes_next(
+    run, invoke, local_aws, monkeypatch
+) -> None:
+    for name, value in {
+        "PACING_TABLE": local_aws.pacing_table_name,
+        "RESEND_RATE_PER_MINUTE": "1",
+        "PACING_MAX_WAIT_SECONDS": "0",
+        "RESEND_CONCURRENCY": "1",
+    }.items():
+        monkeypatch.setenv(name, value)
+    app.reset_container()
+    sent_now = int(time.time() * 1000)
+    invoke({"Records": [sqs_record(failure(m), sent_at_ms=sent_now) for m in (ID, ID + 1)]})
+
+    held = run("status", str(ID + 1))
+
+    assert held.code == 0, held.err
+    lines = dict(line.split(None, 1) for line in held.out.splitlines())
+    assert lines["status"] == "RETRYING"
+    assert lines["deferrals"].startswith("1 (held back by pacing")
+    assert lines["nextAttemptAt"] > lines["updatedAt"]
+    assert "no resend slot free" in lines["error"]
+    sent = dict(line.split(None, 1) for line in run("status", str(ID)).out.splitlines())
+    assert "deferrals" not in sent and "nextAttemptAt" not in sent
 
 
 # -- list ----------------------------------------------------------------------------------------------

@@ -189,7 +189,11 @@ def _settings_env_names() -> tuple[set[str], set[str]]:
     """(every name settings.py reads, the names it requires), parsed from the source."""
     source = SETTINGS_PATH.read_text(encoding="utf-8")
     name = r'"([A-Z][A-Z0-9_]+)"'
-    read = set(re.findall(r"(?:_required|_number|_path|_optional_path|_list)\(\s*\w+\s*,\s*" + name, source))
+    read = set(
+        re.findall(
+            r"(?:_required|_number|_optional_rate|_path|_optional_path|_list)\(\s*\w+\s*,\s*" + name, source
+        )
+    )
     read |= set(re.findall(r"(?:\benv|environ|os\.environ)\.get\(\s*" + name, source))
     read |= set(re.findall(r"(?:\benv|environ|os\.environ)\[\s*" + name, source))
     read |= set(re.findall(r"getenv\(\s*" + name, source))
@@ -565,6 +569,68 @@ def test_outcomes_table_contract(resources: dict[str, Any]) -> None:
     assert index["Projection"] == {"ProjectionType": "ALL"}
 
 
+def test_pacing_table_has_a_string_org_key_and_no_ttl(resources: dict[str, Any]) -> None:
+    table = resources["PacingTable"]
+    props = table["Properties"]
+    assert props["KeySchema"] == [{"AttributeName": "org", "KeyType": "HASH"}]
+    assert props["AttributeDefinitions"] == [{"AttributeName": "org", "AttributeType": "S"}]
+    assert props["BillingMode"] == "PAY_PER_REQUEST"
+    # A TTL could delete a bucket or an open breaker while its org is being paced.
+    assert "TimeToLiveSpecification" not in props
+    assert props["SSESpecification"]["SSEEnabled"] is True
+    assert "GlobalSecondaryIndexes" not in props
+
+
+def test_pacing_is_on_in_the_deployed_stack_and_the_rate_is_optional(
+    env_vars: dict[str, Any], parameters: dict[str, Any], template: dict[str, Any]
+) -> None:
+    assert env_vars["PACING_TABLE"] == {"Ref": "PacingTable"}
+    assert env_vars["RESEND_RATE_PER_MINUTE"] == {
+        "Fn::If": ["HasResendRate", {"Ref": "ResendRatePerMinute"}, {"Ref": "AWS::NoValue"}]
+    }
+    rate = parameters["ResendRatePerMinute"]
+    assert rate["Default"] == ""
+    for accepted in ("", "100", "95.5"):
+        assert re.fullmatch(rate["AllowedPattern"], accepted), accepted
+    for refused in ("0", "-5", "ten", "100/min"):
+        assert re.fullmatch(rate["AllowedPattern"], refused) is None, refused
+    values = _parameter_values(parameters, {"CapillaryBaseUrl": "https://eu.api.capillarytech.com"})
+    for given, expected in (("", None), ("90", 90.0)):
+        environ = {
+            name: _resolve(value, template, {**values, "ResendRatePerMinute": given})
+            for name, value in env_vars.items()
+        }
+        settings = Settings.from_env({n: v for n, v in environ.items() if v is not None})
+        assert settings.pacing_table == "PacingTable-physical-id"
+        assert settings.resend_rate_per_minute == expected
+
+
+def test_only_the_pacing_actions_reach_the_pacing_table(role_statements: list[dict[str, Any]]) -> None:
+    on_pacing = [
+        statement
+        for statement in role_statements
+        if statement["Resource"] == {"Fn::GetAtt": ["PacingTable", "Arn"]}
+    ]
+    assert [_as_list(statement["Action"]) for statement in on_pacing] == [
+        ["dynamodb:GetItem", "dynamodb:UpdateItem"]
+    ]
+
+
+def test_dashboard_shows_resends_per_minute_against_the_limit(
+    dashboard: dict[str, Any], resources: dict[str, Any]
+) -> None:
+    (widget,) = [w for w in dashboard["widgets"] if "against the limit" in w["properties"].get("title", "")]
+    names = {strings[1] for strings, _ in _metric_rows(widget)}
+    assert {MetricName.RESENT, MetricName.THROTTLED, MetricName.DEFERRED, MetricName.BREAKER_OPEN} <= names
+    assert widget["properties"]["period"] == 60
+    variables = resources["Dashboard"]["Properties"]["DashboardBody"]["Fn::Sub"][1]
+    annotation = variables["RateAnnotations"]["Fn::If"]
+    assert annotation[0] == "HasResendRate"
+    assert json.loads(annotation[1]["Fn::Sub"].replace("${ResendRatePerMinute}", "100")) == {
+        "horizontal": [{"label": "ResendRatePerMinute", "value": 100}]
+    }
+
+
 def test_placeholder_secret_holds_no_credential(resources: dict[str, Any]) -> None:
     secret = resources["CapillaryPlaceholderSecret"]
     assert secret["Condition"] == "CreateSecret"
@@ -612,9 +678,9 @@ def test_function_role_grants_exactly_what_the_code_needs(role_statements: list[
         "Fn::If": ["CreateSecret", {"Ref": "CapillaryPlaceholderSecret"}, {"Ref": "CapillarySecretArn"}]
     }
     expected = {
-        "dynamodb:GetItem": [table],
+        "dynamodb:GetItem": [{"Fn::GetAtt": ["PacingTable", "Arn"]}, table],
         "dynamodb:PutItem": [table],
-        "dynamodb:UpdateItem": [table],
+        "dynamodb:UpdateItem": [{"Fn::GetAtt": ["PacingTable", "Arn"]}, table],
         "dynamodb:ConditionCheckItem": [table],
         "secretsmanager:GetSecretValue": [secret],
         "sqs:ReceiveMessage": [source],
@@ -622,7 +688,7 @@ def test_function_role_grants_exactly_what_the_code_needs(role_statements: list[
         "sqs:GetQueueAttributes": [source],
         "sqs:ChangeMessageVisibility": [source],
         "sqs:GetQueueUrl": [source],
-        "sqs:SendMessage": [dlq],
+        "sqs:SendMessage": [source, dlq],  # held-back copies, poison records
         "logs:CreateLogStream": [{"Fn::GetAtt": ["FunctionLogGroup", "Arn"]}],
         "logs:PutLogEvents": [{"Fn::GetAtt": ["FunctionLogGroup", "Arn"]}],
         "kms:Decrypt": [{"Ref": "CapillarySecretKmsKeyArn"}],
@@ -682,6 +748,7 @@ def test_alarms_watch_emitted_metrics_and_notify_the_optional_topic(resources: d
     assert watched == {
         (METRICS_NAMESPACE, MetricName.UNCERTAIN.value),
         (METRICS_NAMESPACE, MetricName.OUTCOME_WRITE_FAILED.value),
+        (METRICS_NAMESPACE, MetricName.DEFERRAL_AGE.value),
         (METRICS_NAMESPACE, MetricName.CONFIGURATION_REFUSED.value),
         (METRICS_NAMESPACE, MetricName.UNEXPECTED_ERROR.value),
         ("AWS/SQS", "ApproximateNumberOfMessagesVisible"),
@@ -693,6 +760,11 @@ def test_alarms_watch_emitted_metrics_and_notify_the_optional_topic(resources: d
     assert uncertain["ComparisonOperator"] == "GreaterThanOrEqualToThreshold"
     age = alarms["OldestMessageAgeAlarm"]["Properties"]
     assert age["Threshold"] == {"Ref": "OldestMessageAgeThresholdSeconds"}
+    deferred = alarms["DeferredTooLongAlarm"]["Properties"]
+    # The age of the oldest held-back record, not a count: one record parked too long is enough.
+    assert (deferred["MetricName"], deferred["Statistic"]) == (MetricName.DEFERRAL_AGE, "Maximum")
+    assert deferred["Threshold"] == {"Ref": "DeferredAgeThresholdSeconds"}
+    assert deferred["ComparisonOperator"] == "GreaterThanThreshold"
 
 
 def test_outputs(template: dict[str, Any]) -> None:
@@ -701,6 +773,7 @@ def test_outputs(template: dict[str, Any]) -> None:
         "QueueUrl",
         "DeadLetterQueueUrl",
         "OutcomesTableName",
+        "PacingTableName",
         "DashboardUrl",
         "FunctionName",
     } <= set(template["Outputs"])
