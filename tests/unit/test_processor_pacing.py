@@ -17,11 +17,12 @@ import pytest
 from resender.events import DEFERRALS_ATTRIBUTE, FIRST_SEEN_ATTRIBUTE, Delivery
 from resender.models import ResendResult, Status, Verdict
 from resender.observability import MetricName
+from resender.orgs import Route
 from resender.pacing import HoldReason, Permit, Refusal
 from resender.processor import DEADLINE_SAFETY_SECONDS, RecordReport, Resender
 from resender.queues import QueueError
 from resender.store import Claim, ClaimLostError, StoreError
-from tests.builders import TOPIC_ARN
+from tests.builders import TOPIC_ARN, failure
 from tests.unit.test_processor import (
     BASE_ID,
     FakeCapillary,
@@ -364,3 +365,43 @@ def test_without_a_pacing_table_nothing_is_held_back(executor) -> None:
     assert report.status is Status.RESENT
     assert queues.copies == [] and store.deferred == []
     assert MetricName.PACING_WAIT_MS not in metric_names(report)
+
+
+class OrgsPacer(ScriptedPacer):
+    """Grants every slot and remembers which org key each one was asked for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.orgs: list[str] = []
+
+    def acquire(self, org: str, max_wait_seconds: float) -> Permit | Refusal:
+        self.orgs.append(org)
+        return super().acquire(org, max_wait_seconds)
+
+
+class TwoOrgs:
+    """Routes by the payload's orgId to one fake Capillary per org, as OrgRouter does."""
+
+    def __init__(self) -> None:
+        self.clients = {"100737": FakeCapillary(), "200002": FakeCapillary()}
+
+    def route(self, payload: Any) -> Route:
+        org = str(payload["orgId"])
+        return Route(org, self.clients[org], int(org))  # type: ignore[arg-type]
+
+
+def test_each_record_takes_its_slot_from_its_own_orgs_limiter(executor) -> None:
+    pacer = OrgsPacer()
+    paced = Paced(executor, pacer)
+    orgs = TwoOrgs()
+    paced.resender._orgs = orgs  # type: ignore[assignment]
+    first, second = (
+        replace(fresh(BASE_ID), body=failure(BASE_ID, orgId=100737)),
+        replace(fresh(BASE_ID + 1), body=failure(BASE_ID + 1, orgId=200002)),
+    )
+
+    paced.process(first, second)
+
+    assert sorted(pacer.orgs) == ["100737", "200002"]
+    assert orgs.clients["100737"].calls == [BASE_ID]
+    assert orgs.clients["200002"].calls == [BASE_ID + 1]
