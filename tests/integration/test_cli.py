@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import socket
 import sys
 import threading
@@ -1355,3 +1356,39 @@ def test_a_missing_optional_dependency_is_one_line_naming_the_extra(
 
     assert_one_line_error(result, 2)
     assert f"communication-resender[{extra}]" in result.err
+
+
+def test_invoke_shows_in_batch_duplicates_and_replays_as_duplicate(run, function_env, stub) -> None:
+    duplicates = str(EVENTS / "sqs-batch-duplicates.json")
+
+    first = run("invoke", duplicates, "--json")
+    replay = run("invoke", duplicates, "--json")
+
+    assert first.code == replay.code == 0, first.err + replay.err
+    rows = first.json()["invocations"][0]["outcomes"]
+    by_id: dict[int, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_id.setdefault(row["messageId"], []).append(row)
+    assert any(len(same) > 1 for same in by_id.values())  # the file does hold an in-batch duplicate
+    for message_id, same in by_id.items():
+        settled = same[0]["status"]
+        assert settled in {"RESENT", "NOT_FOUND"}
+        assert all(row["status"] == "DUPLICATE" and row["foundStatus"] == settled for row in same[1:])
+        assert stub.resends_performed(message_id) == (1 if settled == "RESENT" else 0)
+    replayed = replay.json()["invocations"][0]["outcomes"]
+    assert {row["status"] for row in replayed} == {"DUPLICATE"}
+    assert {row["foundStatus"] for row in replayed} == {"RESENT", "NOT_FOUND"}
+    shown = run("invoke", duplicates)
+    assert "DUPLICATE (RESENT)" in shown.out
+    table = shown.out.split("\n\n", 1)[1].splitlines()[2:]
+    statuses = [re.split(r"\s{2,}", line.strip())[2] for line in table if line.strip()]
+    assert statuses and "RESENT" not in statuses  # no row of the replay claims a resend
+
+
+def test_invoke_local_ends_with_the_resends_the_stub_performed(run, fresh_moto) -> None:
+    result = run("invoke", "--local", str(EVENTS / "sqs-plain.json"), str(EVENTS / "sqs-poison.json"))
+
+    assert result.code == 0, result.err
+    last = result.out.strip().splitlines()[-1]
+    resent = result.out.count(" RESENT ")
+    assert last == f"The Capillary stub performed {resent} resend(s)."
