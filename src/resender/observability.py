@@ -13,7 +13,9 @@ from typing import Any, Final, TypeVar
 
 from aws_lambda_powertools import Logger
 
-SERVICE_NAME: Final = "resender"
+#: The ``service`` dimension of every metric and the logs' service: the stack's name when deployed (the
+#: template sets POWERTOOLS_SERVICE_NAME), so two stacks in one account never mix their figures or alarms.
+SERVICE_NAME: Final = os.environ.get("POWERTOOLS_SERVICE_NAME", "").strip() or "resender"
 METRICS_NAMESPACE: Final = "CommunicationResender"
 
 logger = Logger(service=SERVICE_NAME)

@@ -422,7 +422,7 @@ def test_the_shipped_parameter_sets_pass_the_rules(
     template: dict[str, Any], parameters: dict[str, Any], samconfig: dict[str, Any]
 ) -> None:
     base = {"CapillaryBaseUrl": "https://eu.api.capillarytech.com"}
-    for overrides in (base, _overrides(samconfig, "default"), _overrides(samconfig, "prod")):
+    for overrides in (base, *(_overrides(samconfig, name) for name in ("default", "staging", "prod"))):
         assert _failed_assertions(template, _parameter_values(parameters, overrides)) == []
 
 
@@ -459,12 +459,13 @@ def test_env_values_point_at_the_stack_resources(env_vars: dict[str, Any]) -> No
     assert env_vars["CAPILLARY_SECRET_ID"] == {
         "Fn::If": ["CreateSecret", {"Ref": "CapillaryPlaceholderSecret"}, {"Ref": "CapillarySecretArn"}]
     }
-    assert env_vars["POWERTOOLS_SERVICE_NAME"] == SERVICE_NAME
+    # The service dimension is the stack's name, so two stacks in one account keep their figures apart.
+    assert env_vars["POWERTOOLS_SERVICE_NAME"] == {"Ref": "AWS::StackName"}
     assert env_vars["POWERTOOLS_METRICS_NAMESPACE"] == METRICS_NAMESPACE
     assert env_vars["POWERTOOLS_LOG_LEVEL"] == {"Ref": "LogLevel"}
 
 
-@pytest.mark.parametrize("environment", ["template defaults", "default", "prod"])
+@pytest.mark.parametrize("environment", ["template defaults", "default", "staging", "prod"])
 def test_the_code_accepts_the_deployed_settings(
     environment: str,
     template: dict[str, Any],
@@ -707,7 +708,7 @@ def test_dashboard_metrics_are_the_ones_the_code_emits(dashboard: dict[str, Any]
                 continue
             name, dims = own
             assert name in set(MetricName), f"{name} is not a MetricName"
-            assert dims == {"service": SERVICE_NAME}
+            assert dims == {"service": "stand-in-AWS::StackName"}
             seen.add(name)
     assert seen == {m.value for m in MetricName}, "every emitted metric belongs on the dashboard"
 
@@ -739,7 +740,7 @@ def test_alarms_watch_emitted_metrics_and_notify_the_optional_topic(resources: d
         props = alarm["Properties"]
         if props["Namespace"] == METRICS_NAMESPACE:
             assert props["MetricName"] in set(MetricName), name
-            assert props["Dimensions"] == [{"Name": "service", "Value": SERVICE_NAME}], name
+            assert props["Dimensions"] == [{"Name": "service", "Value": {"Ref": "AWS::StackName"}}], name
         watched.add((props["Namespace"], props["MetricName"]))
         notify = {"Fn::If": ["HasAlarmTopic", [{"Ref": "AlarmTopicArn"}], {"Ref": "AWS::NoValue"}]}
         assert props["AlarmActions"] == notify, name
