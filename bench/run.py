@@ -1,6 +1,7 @@
 """Throughput, AWS requests, cold start and a soak, for the resender and for the textbook baseline.
 
     python -m bench.run [--latency-ms 100] [--runs 7] [--soak 10000] [--soak-latency-ms 0] [--json PATH]
+    python -m bench.run --storm [--storm-messages 200] [--storm-pollers 5] [--storm-outage 15]
     python -m bench.run --power-tuning [options of bench.power_tuning]
 
 Everything talks real HTTP to a moto server and to the Capillary stub, both served by a child process
@@ -30,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any, Final
 
-from bench import coldstart, counting
+from bench import coldstart, counting, storm
 from bench.workload import Context, IdAllocator, failed_records, sqs_event
 
 Handler = Callable[[dict[str, Any], Any], Any]
@@ -66,6 +67,9 @@ class Servers:
 
     def set_latency(self, ms: float) -> None:
         self._ask({"cmd": "latency", "ms": ms})
+
+    def command(self, cmd: str, **arguments: Any) -> dict[str, Any]:
+        return self._ask({"cmd": cmd, **arguments})
 
 
 def _pipes(process: subprocess.Popen[str]) -> tuple[IO[str], IO[str]]:
@@ -623,7 +627,23 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--soak", type=int, default=10_000, help="messages in the soak, 0 to skip (10000)")
     parser.add_argument("--soak-latency-ms", type=float, default=0.0, help="stub delay during the soak (0)")
     parser.add_argument("--json", type=Path, help="also write every figure to this file")
+    parser.add_argument("--storm", action="store_true", help="run only the outage storm (bench/storm.py)")
+    parser.add_argument("--no-storm", action="store_true", help="skip the outage storm")
+    parser.add_argument("--storm-messages", type=int, default=200, help="failures in the storm (200)")
+    parser.add_argument("--storm-pollers", type=int, default=5, help="concurrent pollers (5)")
+    parser.add_argument("--storm-outage", type=float, default=15.0, help="seconds Capillary refuses (15)")
+    parser.add_argument("--storm-latency-ms", type=float, default=50.0, help="stub delay in the storm (50)")
     return parser.parse_args(argv)
+
+
+def run_storm(args: argparse.Namespace, ids: IdAllocator) -> list[tuple[str, str, bool]]:
+    """The outage storm on its own servers, so that its queues and counters start empty."""
+    with servers(args.storm_latency_ms) as srv:
+        environment = function_environment(srv.ready)
+        os.environ.update(environment)
+        os.environ.pop("AWS_PROFILE", None)
+        results = storm.storm(srv, ids, args.storm_messages, args.storm_pollers, args.storm_outage)
+    return storm.storm_targets(results)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -636,6 +656,11 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     host = machine()
     print_machine(host, args)
+    if args.storm:
+        found = run_storm(args, IdAllocator())
+        print_targets(found)
+        print(f"\n  whole run {time.perf_counter() - started:.0f} s")
+        return 0
 
     # Installed before either handler is imported, so every client either of them creates is counted.
     counting.install()
@@ -672,6 +697,8 @@ def main(argv: list[str] | None = None) -> int:
         print_cold_start(starts, args.import_runs)
 
     found = targets(figures, speedup, path, starts, soaked)
+    if not args.no_storm:
+        found += run_storm(args, ids)
     print_targets(found)
     elapsed = time.perf_counter() - started
     host["load_average_at_end"] = _load_average()

@@ -160,8 +160,39 @@ def serve(latency_ms: float) -> None:
                         "cpu_seconds": time.process_time(),
                     }
                 )
+            elif command["cmd"] == "window_limit":
+                calls, seconds = command.get("calls"), command.get("seconds")
+                stub.window_limit = (int(calls), float(seconds)) if calls else None
+                _answer({"window_limit": stub.window_limit})
+            elif command["cmd"] == "outage":
+                # Capillary refusing connections: nothing listens on its port until the outage ends.
+                if command["on"]:
+                    stub.stop()
+                else:
+                    stub.start()
+                _answer({"outage": bool(command["on"])})
+            elif command["cmd"] == "reset":
+                stub.reset()
+                _answer({"reset": True})
+            elif command["cmd"] == "storm_stats":
+                _answer(storm_stats(stub))
             else:
                 _answer({"error": f"unknown command {command['cmd']!r}"})
+
+
+def storm_stats(stub: CapillaryStub) -> dict[str, Any]:
+    """What the storm benchmark reads off the stub: resends per message id and 429s."""
+    performed: dict[int, int] = {}
+    for call in stub.resend_calls:
+        if call.performed and call.message_id is not None:
+            performed[call.message_id] = performed.get(call.message_id, 0) + 1
+    return {
+        "resend_calls": len(stub.resend_calls),
+        "resent": len(performed),
+        "double_resends": sum(count - 1 for count in performed.values()),
+        "throttled": stub.throttled,
+        "calls_per_window": {str(k): v for k, v in stub.calls_per_window(2.0).items()},
+    }
 
 
 def main(argv: list[str] | None = None) -> None:

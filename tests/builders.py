@@ -15,7 +15,12 @@ def failure(message_id: object, **extra: object) -> str:
 
 
 def sqs_record(
-    body: str, *, receive_count: int = 1, source_arn: str = QUEUE_ARN, record_id: str | None = None
+    body: str,
+    *,
+    receive_count: int = 1,
+    source_arn: str = QUEUE_ARN,
+    record_id: str | None = None,
+    sent_at_ms: int = 1746061700000,
 ) -> dict[str, Any]:
     record_id = record_id or str(uuid.uuid4())
     return {
@@ -24,7 +29,7 @@ def sqs_record(
         "body": body,
         "attributes": {
             "ApproximateReceiveCount": str(receive_count),
-            "SentTimestamp": "1746061700000",
+            "SentTimestamp": str(sent_at_ms),
             "SenderId": "AIDAIENQZJOLO23YVJ4VO",
             "ApproximateFirstReceiveTimestamp": "1746061700011",
         },

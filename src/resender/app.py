@@ -17,6 +17,7 @@ from resender.credentials import CredentialsProvider
 from resender.errors import ResenderError
 from resender.events import EventSource, parse_event
 from resender.observability import METRICS_NAMESPACE, SERVICE_NAME, MetricName, logger, traced
+from resender.pacing import PacingConfig, SharedPacer
 from resender.processor import Metric, Resender
 from resender.queues import Queues
 from resender.settings import ConfigurationRefusedError, Settings, StartupCheck
@@ -58,8 +59,26 @@ def build_container(settings: Settings | None = None) -> Container:
         capillary=capillary,
         queues=Queues(clients.sqs, settings.dead_letter_queue_url),
         executor=ThreadPoolExecutor(max_workers=settings.resend_concurrency, thread_name_prefix="resend"),
+        pacer=build_pacer(settings, clients),
     )
     return Container(settings, clients, resender, StartupCheck(settings))
+
+
+def build_pacer(settings: Settings, clients: AwsClients) -> SharedPacer | None:
+    """The shared limiter and breaker, or None (pacing off) without a PACING_TABLE."""
+    if settings.pacing_table is None:
+        return None
+    config = PacingConfig(
+        window_seconds=settings.rate_window_seconds,
+        rate=settings.resend_rate_per_minute,
+        burst=settings.resend_burst,
+        start_rate=settings.adaptive_start_per_minute,
+        min_rate=settings.adaptive_min_per_minute,
+        period_seconds=settings.adaptive_period_seconds,
+        breaker_threshold=settings.shared_breaker_threshold,
+        breaker_open_seconds=settings.shared_breaker_open_seconds,
+    )
+    return SharedPacer(clients.dynamodb, settings.pacing_table, config)
 
 
 _container: Container | None = None
@@ -84,7 +103,11 @@ def reset_container(replacement: Container | None = None) -> None:
 @logger.inject_lambda_context(log_event=False)
 @traced
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    current = container()
+    return handle(event, context, container())
+
+
+def handle(event: dict[str, Any], context: LambdaContext, current: Container) -> dict[str, Any]:
+    """One invocation on ``current`` (the benchmark runs several containers side by side in one process)."""
     try:
         current.startup.check(context.get_remaining_time_in_millis() / 1000)
     except ConfigurationRefusedError as refused:

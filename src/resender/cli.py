@@ -352,8 +352,30 @@ def _version() -> str:
 # -- entry point ---------------------------------------------------------------------------------------
 
 
+#: Subcommands that run the local stack, and so need the ``local`` extra (moto) besides the ``cli`` one.
+LOCAL_COMMANDS = frozenset({"demo", "local"})
+
+
+def _missing_extra(args: argparse.Namespace) -> str | None:
+    """A one-line hint when an optional dependency of this subcommand is not installed."""
+    import importlib
+
+    needs_local = args.command in LOCAL_COMMANDS or getattr(args, "local", False)
+    for module, extra in (("boto3", "cli"), *((("moto", "local"),) if needs_local else ())):
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            return (
+                f"resender {args.command} needs {module}, which is not installed: "
+                f"pip install 'communication-resender[{extra}]'"
+            )
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if missing := _missing_extra(args):
+        return _fail(missing)
     from botocore.exceptions import BotoCoreError, ClientError
 
     from resender.errors import ResenderError
@@ -491,6 +513,10 @@ def _status_command(args: argparse.Namespace) -> int:
         ("updatedAt", _cell(document.get("updatedAt"))),
         ("expiresAt", _cell(document.get("expiresAtIso"))),
     ]
+    if document.get("deferrals"):
+        rows.append(("deferrals", f"{document['deferrals']} (held back by pacing; no delivery spent)"))
+    if document.get("nextAttemptAt") and document["status"] == Status.RETRYING:
+        rows.append(("nextAttemptAt", str(document["nextAttemptAt"])))
     if document["status"] == Status.IN_PROGRESS:
         live = float(document.get("leaseExpiresAt", 0)) > time.time()
         state = "live: being resent now" if live else "expired: the next delivery records UNCERTAIN"
@@ -587,8 +613,14 @@ def _invoke_command(args: argparse.Namespace) -> int:
             raise OperatorError(f"--local provides its own AWS; drop --{chosen[0].replace('_', '-')}")
         from resender.local.runner import local_stack
 
-        with local_stack():
-            return _invocations(events, AwsTarget(), as_json=args.json)
+        with local_stack() as stack:
+            code = _invocations(events, AwsTarget(), as_json=args.json)
+            performed = stack.stub.resends_performed()
+            print(
+                f"The Capillary stub performed {performed} resend(s).",
+                file=sys.stderr if args.json else sys.stdout,
+            )
+            return code
     overrides = load_env_vars(args.env_vars) if args.env_vars else {}
     target = _target(args)
     overrides.update(target.environment())
@@ -629,10 +661,11 @@ def _confirm_real_resends(target: AwsTarget, *, assume_yes: bool) -> None:
 
 def _invocations(events: Sequence[tuple[str, dict[str, Any]]], target: AwsTarget, *, as_json: bool) -> int:
     import os
+    from datetime import UTC, datetime, timedelta
 
     from resender.app import reset_container
     from resender.local.runner import invoke
-    from resender.operations import record_outcomes, table_name
+    from resender.operations import iso, record_outcomes, table_name
     from resender.settings import Settings
     from resender.store import OutcomeStore
 
@@ -640,8 +673,12 @@ def _invocations(events: Sequence[tuple[str, dict[str, Any]]], target: AwsTarget
     store = OutcomeStore(target.dynamodb(), table_name(None))
     message_id_path = os.environ.get("MESSAGE_ID_PATH") or "messageId"
     reset_container()  # the function's wiring must see this environment, not an earlier one
+    results = []
     try:
-        results = [(invoke(event, name), event) for name, event in events]
+        for name, event in events:
+            # Outcomes written from now on are this invocation's; older ones were found, not made.
+            invoked_at = iso(datetime.now(UTC) - timedelta(milliseconds=1))
+            results.append((invoke(event, name), event, invoked_at))
     finally:
         reset_container()
     documents: list[dict[str, Any]] = [
@@ -652,11 +689,13 @@ def _invocations(events: Sequence[tuple[str, dict[str, Any]]], target: AwsTarget
             # A failed invocation produced no outcome: whatever the table holds came from elsewhere.
             "outcomes": []
             if invocation.error
-            else [row.to_json() for row in record_outcomes(event, store, message_id_path)],
+            else [
+                row.to_json() for row in record_outcomes(event, store, message_id_path, invoked_at=invoked_at)
+            ],
         }
-        for invocation, event in results
+        for invocation, event, invoked_at in results
     ]
-    failed = any(invocation.error for invocation, _ in results)
+    failed = any(invocation.error for invocation, _, _ in results)
     if as_json:
         _print_json({"invocations": documents})
         return EXIT_NOT_FOUND if failed else EXIT_OK
@@ -669,7 +708,7 @@ def _invocations(events: Sequence[tuple[str, dict[str, Any]]], target: AwsTarget
         (
             document["eventFile"],
             _cell(row["messageId"]),
-            _cell(row["status"]),
+            _cell(f"{row['status']} ({row['foundStatus']})" if row["foundStatus"] else row["status"]),
             _cell(row["resentMessageId"]),
             _cell(row["detail"]),
         )

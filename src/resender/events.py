@@ -23,6 +23,9 @@ from resender.errors import ResenderError
 from resender.settings import ConfigurationError
 
 INT64_LIMIT: Final = 2**63
+#: Message attributes of a copy re-enqueued by pacing (see :mod:`resender.processor`).
+DEFERRALS_ATTRIBUTE: Final = "resenderDeferrals"
+FIRST_SEEN_ATTRIBUTE: Final = "resenderFirstSeenAt"
 _DIGITS = re.compile(r"[0-9]{1,19}")
 # An SNS envelope nested in an EventBridge event nested in ... is legitimate up to a point; past it, the
 # body is treated as what it most likely is: a payload that happens to look like an envelope.
@@ -50,6 +53,12 @@ class Delivery:
     source_arn: str | None = None
     # FIFO queues only: records of one group must be handled, and handed back, in order.
     message_group_id: str | None = None
+    # Pacing: how often this record was held back already, and when its failure first reached the queue
+    # (epoch seconds), carried on the re-enqueued copy as message attributes.
+    deferrals: int = 0
+    first_seen_at: float | None = None
+    # The record's String and Number message attributes (name, data type, value), kept on a deferred copy.
+    message_attributes: tuple[tuple[str, str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,13 +183,14 @@ def _record_source(record: object) -> EventSource:
 
 def _sqs_delivery(record: Mapping[str, Any]) -> Delivery:
     attributes = record.get("attributes")
-    receive_count = 1
-    group_id: str | None = None
-    if isinstance(attributes, Mapping):
-        raw_count = str(attributes.get("ApproximateReceiveCount", "1"))
-        receive_count = int(raw_count) if raw_count.isascii() and raw_count.isdigit() else 1
-        raw_group = attributes.get("MessageGroupId")
-        group_id = str(raw_group) if raw_group is not None else None
+    attributes = attributes if isinstance(attributes, Mapping) else {}
+    receive_count = _digits(attributes.get("ApproximateReceiveCount")) or 1
+    raw_group = attributes.get("MessageGroupId")
+    group_id = str(raw_group) if raw_group is not None else None
+    sent_ms = _digits(attributes.get("SentTimestamp"))
+    message_attributes = _message_attributes(record.get("messageAttributes"))
+    values = {name: value for name, _, value in message_attributes}
+    first_seen_ms = _digits(values.get(FIRST_SEEN_ATTRIBUTE)) or sent_ms
     body = record.get("body")
     return Delivery(
         record_id=str(record.get("messageId", "")),
@@ -189,7 +199,33 @@ def _sqs_delivery(record: Mapping[str, Any]) -> Delivery:
         receipt_handle=record.get("receiptHandle"),
         source_arn=record.get("eventSourceARN"),
         message_group_id=group_id,
+        deferrals=_digits(values.get(DEFERRALS_ATTRIBUTE)) or 0,
+        first_seen_at=first_seen_ms / 1000 if first_seen_ms else None,
+        message_attributes=message_attributes,
     )
+
+
+def _digits(value: object) -> int | None:
+    text = str(value) if value is not None else ""
+    return int(text) if text.isascii() and text.isdigit() and len(text) <= 19 else None
+
+
+def _message_attributes(raw: object) -> tuple[tuple[str, str, str], ...]:
+    if not isinstance(raw, Mapping):
+        return ()
+    kept: list[tuple[str, str, str]] = []
+    for name, attribute in raw.items():
+        if not isinstance(attribute, Mapping):
+            continue
+        data_type, value = attribute.get("dataType"), attribute.get("stringValue")
+        # Binary attributes arrive base64-encoded under another key; only text survives a copy.
+        if (
+            isinstance(name, str)
+            and isinstance(value, str)
+            and str(data_type).startswith(("String", "Number"))
+        ):
+            kept.append((name, str(data_type), value))
+    return tuple(kept)
 
 
 def _sns_delivery(record: Mapping[str, Any]) -> Delivery:

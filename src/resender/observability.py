@@ -13,7 +13,9 @@ from typing import Any, Final, TypeVar
 
 from aws_lambda_powertools import Logger
 
-SERVICE_NAME: Final = "resender"
+#: The ``service`` dimension of every metric and the logs' service: the stack's name when deployed (the
+#: template sets POWERTOOLS_SERVICE_NAME), so two stacks in one account never mix their figures or alarms.
+SERVICE_NAME: Final = os.environ.get("POWERTOOLS_SERVICE_NAME", "").strip() or "resender"
 METRICS_NAMESPACE: Final = "CommunicationResender"
 
 logger = Logger(service=SERVICE_NAME)
@@ -34,6 +36,11 @@ class MetricName(StrEnum):
     OUTCOME_WRITE_FAILED = "OutcomeWriteFailed"
     CIRCUIT_OPEN = "CircuitOpen"
     RESEND_LATENCY = "ResendLatency"
+    THROTTLED = "Throttled"  # 429 answers from Capillary
+    DEFERRED = "Deferred"  # records held back by pacing (limiter, breaker, throttling), not failed
+    PACING_WAIT_MS = "PacingWaitMs"  # time a resend waited inside the invocation for its slot
+    BREAKER_OPEN = "BreakerOpen"  # records held back because the org's shared breaker is open
+    DEFERRAL_AGE = "DeferralAge"  # seconds since a held-back record's failure first reached the queue
     UNEXPECTED_ERROR = "UnexpectedError"
     CONFIGURATION_REFUSED = "ConfigurationRefused"
 

@@ -398,42 +398,67 @@ class RecordOutcome:
     status: str | None
     resent_message_id: int | None = None
     detail: str | None = None
+    #: For a DUPLICATE row: the status this invocation found, which an earlier record or run produced.
+    found_status: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
             "recordId": self.record_id,
             "messageId": self.message_id,
             "status": self.status,
+            "foundStatus": self.found_status,
             "resentMessageId": self.resent_message_id,
             "detail": self.detail,
         }
 
 
+#: What a record that this invocation did not act on is shown as: never the status it merely found.
+DUPLICATE = "DUPLICATE"
+
+
 def record_outcomes(
-    event: Mapping[str, Any], store: OutcomeStore, message_id_path: str = "messageId"
+    event: Mapping[str, Any],
+    store: OutcomeStore,
+    message_id_path: str = "messageId",
+    *,
+    invoked_at: str | None = None,
 ) -> list[RecordOutcome]:
-    """One row per record of ``event``: the stored outcome of its id, or why it was set aside."""
+    """One row per record of ``event``: what this invocation did with it.
+
+    The stored outcome of its id when this invocation wrote it (``updatedAt`` at or after ``invoked_at``);
+    ``DUPLICATE`` with the status found when the id came twice in the batch or was settled before, so a
+    replay never looks like a second resend.
+    """
     try:
         _, deliveries = parse_event(event)
     except ValueError as error:
         return [RecordOutcome("-", None, None, detail=str(error))]
     parser = MessageIdParser(message_id_path)
     rows: list[RecordOutcome] = []
+    first_record: dict[int, str] = {}
     for delivery in deliveries:
         parsed = parser.parse(delivery)
         if not isinstance(parsed, Notice):
             rows.append(RecordOutcome(delivery.record_id, None, "POISON", detail=parsed.reason))
             continue
         item = store.get(parsed.message_id) or {}
-        rows.append(
-            RecordOutcome(
-                delivery.record_id,
-                parsed.message_id,
-                item.get("status"),
-                _int_or_none(item.get("resentMessageId")),
-                item.get("errorMessage"),
+        status = item.get("status")
+        resent = _int_or_none(item.get("resentMessageId"))
+        earlier = first_record.setdefault(parsed.message_id, delivery.record_id)
+        if earlier != delivery.record_id:
+            detail = f"duplicate of record {earlier} in this batch: handled once"
+            rows.append(
+                RecordOutcome(delivery.record_id, parsed.message_id, DUPLICATE, resent, detail, status)
             )
-        )
+        elif invoked_at is not None and status and str(item.get("updatedAt", "")) < invoked_at:
+            detail = f"already {status} before this invocation: acknowledged, not resent again"
+            rows.append(
+                RecordOutcome(delivery.record_id, parsed.message_id, DUPLICATE, resent, detail, status)
+            )
+        else:
+            rows.append(
+                RecordOutcome(delivery.record_id, parsed.message_id, status, resent, item.get("errorMessage"))
+            )
     return rows
 
 

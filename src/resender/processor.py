@@ -26,9 +26,18 @@ from types import TracebackType
 from typing import Final
 
 from resender.capillary import CapillaryClient
-from resender.events import Delivery, MessageIdParser, Notice, ParsedRecord, Poison
+from resender.events import (
+    DEFERRALS_ATTRIBUTE,
+    FIRST_SEEN_ATTRIBUTE,
+    Delivery,
+    MessageIdParser,
+    Notice,
+    ParsedRecord,
+    Poison,
+)
 from resender.models import ResendResult, Status, Verdict
 from resender.observability import MetricName, logger
+from resender.pacing import DEFAULT_ORG, HoldReason, Pacer, Refusal, Unpaced, is_throttle
 from resender.queues import NoDeadLetterQueueError, QueueError, Queues
 from resender.settings import Settings
 from resender.store import Claim, ClaimLostError, ClaimState, Outcome, OutcomeStore, StoreError
@@ -117,6 +126,8 @@ class Resender:
         executor: ThreadPoolExecutor,
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.monotonic,
+        pacer: Pacer | None = None,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._settings = settings
         self._store = store
@@ -126,6 +137,11 @@ class Resender:
         self._parser = MessageIdParser(settings.message_id_path, settings.max_body_bytes)
         self._rng = rng or random.SystemRandom()
         self._clock = clock
+        self._wall_clock = wall_clock
+        # Without a pacing table nothing is held back: throttled and breaker-stopped records are retried
+        # through the queue as before, and only the per-batch breaker stands between the API and a storm.
+        self._paced = pacer is not None
+        self._pacer: Pacer = pacer or Unpaced(wall_clock)
 
     def process(
         self, deliveries: Iterable[Delivery], remaining_seconds: Callable[[], float] | None = None
@@ -331,8 +347,9 @@ class Resender:
         progress: _Progress,
         deadline: float,
     ) -> RecordReport:
-        if claim.depth >= self._settings.max_resend_depth:
-            limit = self._settings.max_resend_depth
+        settings = self._settings
+        if claim.depth >= settings.max_resend_depth:
+            limit = settings.max_resend_depth
             reason = (
                 f"resend chain depth {claim.depth} reached MAX_RESEND_DEPTH={limit} "
                 f"(resend of {claim.resend_of}, chain root {claim.root_message_id})"
@@ -340,21 +357,129 @@ class Resender:
             return self._settle(report, claim, Outcome(Status.SKIPPED, error_message=reason), reason)
         if breaker.is_open:
             report.metrics.append(Metric(MetricName.CIRCUIT_OPEN))
-            outcome = Outcome(Status.RETRYING, error_message="circuit open")
-            return self._settle(
-                report, claim, outcome, "circuit open: Capillary failed repeatedly in this batch"
-            )
+            why = "circuit open: Capillary failed repeatedly in this batch"
+            if self._paced:
+                retry_at = self._wall_clock() + settings.shared_breaker_open_seconds
+                return self._hold_back(report, claim, why, retry_at)
+            return self._settle(report, claim, Outcome(Status.RETRYING, error_message="circuit open"), why)
+        # The slot is taken only now, for a record that is ours and will be sent: a duplicate, a settled
+        # message or a loop-guard skip never spends one.
+        # The wait ends early enough for the call's whole budget to fit before the deadline.
+        spare = deadline - self._clock() - self._capillary.worst_case_seconds
+        permit = self._pacer.acquire(self._org(claim), max(0.0, min(settings.pacing_max_wait_seconds, spare)))
+        if isinstance(permit, Refusal):
+            return self._refused(report, claim, permit)
+        waited_ms = self._pacer.wait(permit)
+        if self._paced:
+            report.metrics.append(Metric(MetricName.PACING_WAIT_MS, waited_ms, "Milliseconds"))
+        held = self._pacer.still_valid(permit)
+        if held is not None:
+            return self._refused(report, claim, held)
         progress.call_started = True
         result = self._capillary.resend(claim.message_id, deadline=deadline)
         outcome = credible_outcome(Outcome.from_result(result), claim.message_id)
         progress.outcome = outcome
-        breaker.observe(result.verdict)
+        self._pacer.observe(permit, result)
+        throttled = is_throttle(result)
+        if result.http_status == 429:
+            report.metrics.append(Metric(MetricName.THROTTLED))
+        if not (self._paced and throttled):
+            breaker.observe(result.verdict)  # with pacing, throttling is the limiter's news, not an outage
         if result.latency_ms is not None:
             report.metrics.append(Metric(MetricName.RESEND_LATENCY, result.latency_ms, "Milliseconds"))
+        if self._paced and throttled and outcome.status is Status.RETRYING:
+            # Capillary refused before doing anything: hold the record back instead of failing it.
+            pause = result.retry_after_seconds or settings.rate_window_seconds / 10
+            return self._hold_back(report, claim, _describe(result), self._wall_clock() + pause)
         report.min_delay_seconds = result.retry_after_seconds or 0.0
         report.resent_message_id = outcome.resent_message_id
         reason = _describe(result) if outcome.status is result.status else str(outcome.error_message)
         return self._settle(report, claim, outcome, reason)
+
+    @staticmethod
+    def _org(claim: Claim) -> str:
+        """The pacing key of a message: one Capillary credential, so one org, for now."""
+        return DEFAULT_ORG
+
+    def _refused(self, report: RecordReport, claim: Claim, refusal: Refusal) -> RecordReport:
+        if refusal.reason is HoldReason.BREAKER_OPEN:
+            report.metrics.append(Metric(MetricName.BREAKER_OPEN))
+        return self._hold_back(report, claim, refusal.detail, refusal.retry_at)
+
+    def _hold_back(self, report: RecordReport, claim: Claim, why: str, retry_at: float) -> RecordReport:
+        """Keep a record that was not sent for later without spending one of its deliveries.
+
+        A copy goes back to the source queue with a delay and the original is acknowledged: the copy starts
+        again at receive count 1. Our claim is given back first, so whichever of the copy and a late
+        original comes first claims the message and the other finds it settled. FIFO queues take no delay
+        per message and SNS invocations have no queue: those records are handed back instead.
+        """
+        settings, delivery = self._settings, report.delivery
+        now = self._wall_clock()
+        first_seen = delivery.first_seen_at or now
+        age = max(0.0, now - first_seen)
+        deferrals = delivery.deferrals + 1
+        report.status = Status.RETRYING
+        report.metrics.append(Metric(MetricName.DEFERRED))
+        report.metrics.append(Metric(MetricName.DEFERRAL_AGE, age, "Seconds"))
+        if age > settings.deferral_max_age_seconds:
+            return self._deferred_too_long(report, claim, why, age)
+        # Spread the comeback so that records held back together do not all return in the same second.
+        delay = max(1.0, retry_at - now)
+        delay += self._rng.uniform(0, delay / 2)
+        try:
+            self._store.defer(claim, f"held back: {why}", deferrals=deferrals, next_attempt_at=now + delay)
+        except ClaimLostError:
+            report.reason = "claim was settled by another delivery while held back"
+            return report
+        except StoreError as error:
+            return self._unrecorded(report, Outcome(Status.RETRYING, error_message=why), str(error))
+        report.reason = f"held back ({why}); deferral {deferrals}, next attempt in {delay:.0f} s"
+        copyable = (
+            delivery.receipt_handle is not None
+            and delivery.source_arn is not None
+            and delivery.source_arn.startswith("arn:aws:sqs")
+            and not _from_fifo_queue(delivery)
+        )
+        if copyable and delivery.source_arn is not None:
+            pacing_attributes = {
+                DEFERRALS_ATTRIBUTE: str(deferrals),
+                FIRST_SEEN_ATTRIBUTE: str(int(first_seen * 1000)),
+            }
+            try:
+                self._queues.enqueue_copy(
+                    delivery.source_arn, delivery.body, delay, pacing_attributes, delivery.message_attributes
+                )
+                return report
+            except QueueError as error:
+                report.reason += f"; copy not enqueued ({error}), handed back instead"
+        report.retry = True
+        report.min_delay_seconds = delay
+        return report
+
+    def _deferred_too_long(self, report: RecordReport, claim: Claim, why: str, age: float) -> RecordReport:
+        limit = self._settings.deferral_max_age_seconds
+        reason = (
+            f"deferred too long: held back for {age:.0f} s (DEFERRAL_MAX_AGE_SECONDS={limit}); last: {why}"
+        )
+        delivery = report.delivery
+        try:
+            self._store.defer(claim, reason, deferrals=delivery.deferrals, next_attempt_at=self._wall_clock())
+        except ClaimLostError:
+            report.reason = "claim was settled by another delivery while held back"
+            return report
+        except StoreError as error:
+            return self._unrecorded(report, Outcome(Status.RETRYING, error_message=reason), str(error))
+        report.reason = reason
+        try:
+            self._queues.keep_poison(
+                delivery.body, reason, source_arn=delivery.source_arn, source_message_id=delivery.record_id
+            )
+        except QueueError as error:
+            report.retry = True
+            report.reason = f"{reason}; not copied to the dead-letter queue: {error}"
+        logger.error("record kept in the dead-letter queue", extra={"reason": report.reason})
+        return report
 
     def _settle(self, report: RecordReport, claim: Claim, outcome: Outcome, reason: str) -> RecordReport:
         report.status = outcome.status

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 import threading
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Final
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -18,6 +20,8 @@ POISON_REASON_ATTRIBUTE: Final = "poisonReason"
 SOURCE_QUEUE_ATTRIBUTE: Final = "sourceQueueArn"
 SOURCE_MESSAGE_ID_ATTRIBUTE: Final = "sourceMessageId"
 SQS_MAX_VISIBILITY_SECONDS: Final = 43_200
+SQS_MAX_DELAY_SECONDS: Final = 900
+SQS_MAX_MESSAGE_ATTRIBUTES: Final = 10
 
 
 class QueueError(ResenderError):
@@ -76,6 +80,36 @@ class Queues:
             raise QueueError(
                 f"copying a poison record to the dead-letter queue failed ({_name(error)})"
             ) from None
+
+    def enqueue_copy(
+        self,
+        source_arn: str,
+        body: str,
+        delay_seconds: float,
+        attributes: dict[str, str],
+        kept_attributes: Iterable[tuple[str, str, str]] = (),
+    ) -> None:
+        """Put a copy of a held-back record back on its source queue, hidden for ``delay_seconds``.
+
+        ``attributes`` (pacing's own, as strings) win over the record's ``kept_attributes`` of the same name;
+        SQS takes at most ten attributes, so the record's own are kept only as far as room remains.
+        """
+        message_attributes = {
+            name: {"DataType": "String", "StringValue": value} for name, value in attributes.items()
+        }
+        for name, data_type, value in kept_attributes:
+            if len(message_attributes) >= SQS_MAX_MESSAGE_ATTRIBUTES:
+                break
+            message_attributes.setdefault(name, {"DataType": data_type, "StringValue": value})
+        try:
+            self._client.send_message(
+                QueueUrl=self.queue_url(source_arn),
+                MessageBody=body or " ",
+                DelaySeconds=max(0, min(math.ceil(delay_seconds), SQS_MAX_DELAY_SECONDS)),
+                MessageAttributes=message_attributes,  # type: ignore[arg-type]
+            )
+        except (ClientError, BotoCoreError) as error:
+            raise QueueError(f"re-enqueueing a held-back record failed ({_name(error)})") from None
 
     def delay(self, source_arn: str, receipt_handle: str, seconds: int) -> None:
         """Hide a record that will be retried for ``seconds`` (its backoff)."""

@@ -85,6 +85,18 @@ class Settings:
     retry_cap_seconds: int = 900
     max_body_bytes: int = 256 * 1024
     max_text_chars: int = 512
+    # Pacing (see the README's "Pacing"): off unless PACING_TABLE names the table of the shared limiter.
+    pacing_table: str | None = None
+    resend_rate_per_minute: float | None = None
+    resend_burst: int = 1
+    rate_window_seconds: float = 60.0
+    pacing_max_wait_seconds: float = 10.0
+    adaptive_start_per_minute: float = 60.0
+    adaptive_min_per_minute: float = 6.0
+    adaptive_period_seconds: float = 30.0
+    shared_breaker_threshold: int = 5
+    shared_breaker_open_seconds: float = 30.0
+    deferral_max_age_seconds: int = 24 * 3600
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -111,11 +123,25 @@ class Settings:
             retry_cap_seconds=_number(env, "RETRY_CAP_SECONDS", 900, int, minimum=0),
             max_body_bytes=_number(env, "MAX_BODY_BYTES", 256 * 1024, int, minimum=1),
             max_text_chars=_number(env, "MAX_TEXT_CHARS", 512, int, minimum=64),
+            pacing_table=env.get("PACING_TABLE", "").strip() or None,
+            resend_rate_per_minute=_optional_rate(env, "RESEND_RATE_PER_MINUTE"),
+            resend_burst=_number(env, "RESEND_BURST", 1, int, minimum=1),
+            rate_window_seconds=_number(env, "RATE_WINDOW_SECONDS", 60.0, float, minimum=0.1),
+            pacing_max_wait_seconds=_number(env, "PACING_MAX_WAIT_SECONDS", 10.0, float, minimum=0.0),
+            adaptive_start_per_minute=_number(env, "ADAPTIVE_START_PER_MINUTE", 60.0, float, minimum=1.0),
+            adaptive_min_per_minute=_number(env, "ADAPTIVE_MIN_PER_MINUTE", 6.0, float, minimum=0.1),
+            adaptive_period_seconds=_number(env, "ADAPTIVE_PERIOD_SECONDS", 30.0, float, minimum=0.1),
+            shared_breaker_threshold=_number(env, "SHARED_BREAKER_THRESHOLD", 5, int, minimum=1),
+            shared_breaker_open_seconds=_number(env, "SHARED_BREAKER_OPEN_SECONDS", 30.0, float, minimum=0.1),
+            deferral_max_age_seconds=_number(env, "DEFERRAL_MAX_AGE_SECONDS", 24 * 3600, int, minimum=60),
         )
         if settings.capillary_timeout_seconds <= 0:
             _problem("CAPILLARY_TIMEOUT_SECONDS must be greater than 0")
         if settings.retry_cap_seconds > 43_200:
             _problem("RETRY_CAP_SECONDS must be at most 43200 (the SQS visibility limit)")
+        rate = settings.resend_rate_per_minute
+        if rate is not None and rate < settings.resend_burst:
+            _problem("RESEND_BURST must not be larger than RESEND_RATE_PER_MINUTE")
         return settings
 
 
@@ -205,6 +231,13 @@ def _required(env: Mapping[str, str], name: str) -> str:
         _problem(f"{name} is not set")
         return f"<{name} unset>"
     return value
+
+
+def _optional_rate(env: Mapping[str, str], name: str) -> float | None:
+    """A rate of at least 1, or None when the setting is empty (no fixed ceiling)."""
+    if not env.get(name, "").strip():
+        return None
+    return _number(env, name, 1.0, float, minimum=1.0)
 
 
 def _number(env: Mapping[str, str], name: str, default: N, kind: type[N], minimum: N | None = None) -> N:

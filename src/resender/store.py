@@ -38,6 +38,7 @@ OPTIONAL_ATTRIBUTES: Final = (
     "errorCode",
     "errorMessage",
     "httpStatus",
+    "nextAttemptAt",
 )
 
 
@@ -201,6 +202,42 @@ class OutcomeStore:
                 ":expires": {"N": str(int(now) + self._ttl)},
             },
         )
+
+    def defer(self, claim: Claim, reason: str, *, deferrals: int, next_attempt_at: float) -> None:
+        """Give our claim back without calling Capillary: pacing holds the message until ``next_attempt_at``.
+
+        The item becomes ``RETRYING`` again (any later delivery may claim it) and shows how often the message
+        was held back and when it comes next, for ``resender status``.
+        """
+        now = self._clock()
+        try:
+            self._client.update_item(
+                TableName=self._table,
+                Key=_key(claim.message_id),
+                UpdateExpression=(
+                    "SET #status = :status, errorMessage = :why, deferrals = :deferrals, "
+                    "nextAttemptAt = :next, updatedAt = :now, expiresAt = :expires "
+                    "REMOVE claimToken, leaseExpiresAt"
+                ),
+                ConditionExpression="#status = :claimed AND claimToken = :token",
+                ExpressionAttributeNames={"#status": "status"},
+                ExpressionAttributeValues={
+                    ":status": {"S": Status.RETRYING},
+                    ":claimed": {"S": Status.IN_PROGRESS},
+                    ":token": {"S": claim.token},
+                    ":why": {"S": reason},
+                    ":deferrals": {"N": str(deferrals)},
+                    ":next": {"S": _iso(next_attempt_at)},
+                    ":now": {"S": _iso(now)},
+                    ":expires": {"N": str(int(now) + self._ttl)},
+                },
+            )
+        except ClientError as error:
+            if _code(error) == "ConditionalCheckFailedException":
+                raise ClaimLostError("the claim was settled by another delivery") from None
+            raise StoreError(f"releasing a held-back claim failed ({_code(error)})") from None
+        except BotoCoreError as error:
+            raise StoreError(f"releasing a held-back claim failed ({type(error).__name__})") from None
 
     def record(self, claim: Claim, outcome: Outcome) -> None:
         """Settle our claim with ``outcome``; a resend also links the message it produced to this one."""

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import socket
+import sys
 import threading
 import time
 import zipfile
@@ -20,7 +22,7 @@ import pytest
 import requests
 from botocore.exceptions import EndpointConnectionError
 
-from resender import cli
+from resender import app, cli
 from resender.local.aws import LocalResources, MotoServer
 from resender.local.runner import DOCUMENTED_NOT_FOUND_ID
 from resender.local.stub import ORG_ID, Behaviour
@@ -29,7 +31,7 @@ from resender.observability import logger as resender_logger
 from resender.operations import AwsTarget, parse_since
 from resender.queues import POISON_REASON_ATTRIBUTE
 from resender.store import OutcomeStore
-from tests.builders import failure, sns_event, sqs_event
+from tests.builders import failure, sns_event, sqs_event, sqs_record
 
 EVENTS = Path(__file__).resolve().parents[2] / "events"
 ID = 1746061653596
@@ -483,6 +485,32 @@ def test_status_text_shows_the_error_of_a_not_found(run, invoke) -> None:
     assert lines["status"] == "NOT_FOUND"
     assert lines["error"].startswith("4223: ")
     assert lines["attempts"] == "1"
+
+
+def test_status_shows_how_often_a_record_was_held_back_and_when_it_comes_next(
+    run, invoke, local_aws, monkeypatch
+) -> None:
+    for name, value in {
+        "PACING_TABLE": local_aws.pacing_table_name,
+        "RESEND_RATE_PER_MINUTE": "1",
+        "PACING_MAX_WAIT_SECONDS": "0",
+        "RESEND_CONCURRENCY": "1",
+    }.items():
+        monkeypatch.setenv(name, value)
+    app.reset_container()
+    sent_now = int(time.time() * 1000)
+    invoke({"Records": [sqs_record(failure(m), sent_at_ms=sent_now) for m in (ID, ID + 1)]})
+
+    held = run("status", str(ID + 1))
+
+    assert held.code == 0, held.err
+    lines = dict(line.split(None, 1) for line in held.out.splitlines())
+    assert lines["status"] == "RETRYING"
+    assert lines["deferrals"].startswith("1 (held back by pacing")
+    assert lines["nextAttemptAt"] > lines["updatedAt"]
+    assert "no resend slot free" in lines["error"]
+    sent = dict(line.split(None, 1) for line in run("status", str(ID)).out.splitlines())
+    assert "deferrals" not in sent and "nextAttemptAt" not in sent
 
 
 # -- list ----------------------------------------------------------------------------------------------
@@ -1300,3 +1328,59 @@ def test_resend_without_the_function_settings_is_a_configuration_error(run, monk
 
     assert_one_line_error(result, 2)
     assert "CAPILLARY_BASE_URL" in result.err
+
+
+@pytest.mark.parametrize(
+    ("argv", "module", "extra"),
+    [
+        (["status", str(ID)], "boto3", "cli"),
+        (["demo"], "moto", "local"),
+        (["local", "up"], "moto", "local"),
+        (["invoke", "--local", str(EVENTS / "sqs-plain.json")], "moto", "local"),
+    ],
+)
+def test_a_missing_optional_dependency_is_one_line_naming_the_extra(
+    run, monkeypatch, argv, module, extra
+) -> None:
+    monkeypatch.setitem(sys.modules, module, None)  # what an environment without it looks like to import
+
+    result = run(*argv)
+
+    assert_one_line_error(result, 2)
+    assert f"communication-resender[{extra}]" in result.err
+
+
+def test_invoke_shows_in_batch_duplicates_and_replays_as_duplicate(run, function_env, stub) -> None:
+    duplicates = str(EVENTS / "sqs-batch-duplicates.json")
+
+    first = run("invoke", duplicates, "--json")
+    replay = run("invoke", duplicates, "--json")
+
+    assert first.code == replay.code == 0, first.err + replay.err
+    rows = first.json()["invocations"][0]["outcomes"]
+    by_id: dict[int, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_id.setdefault(row["messageId"], []).append(row)
+    assert any(len(same) > 1 for same in by_id.values())  # the file does hold an in-batch duplicate
+    for message_id, same in by_id.items():
+        settled = same[0]["status"]
+        assert settled in {"RESENT", "NOT_FOUND"}
+        assert all(row["status"] == "DUPLICATE" and row["foundStatus"] == settled for row in same[1:])
+        assert stub.resends_performed(message_id) == (1 if settled == "RESENT" else 0)
+    replayed = replay.json()["invocations"][0]["outcomes"]
+    assert {row["status"] for row in replayed} == {"DUPLICATE"}
+    assert {row["foundStatus"] for row in replayed} == {"RESENT", "NOT_FOUND"}
+    shown = run("invoke", duplicates)
+    assert "DUPLICATE (RESENT)" in shown.out
+    table = shown.out.split("\n\n", 1)[1].splitlines()[2:]
+    statuses = [re.split(r"\s{2,}", line.strip())[2] for line in table if line.strip()]
+    assert statuses and "RESENT" not in statuses  # no row of the replay claims a resend
+
+
+def test_invoke_local_ends_with_the_resends_the_stub_performed(run, fresh_moto) -> None:
+    result = run("invoke", "--local", str(EVENTS / "sqs-plain.json"), str(EVENTS / "sqs-poison.json"))
+
+    assert result.code == 0, result.err
+    last = result.out.strip().splitlines()[-1]
+    resent = result.out.count(" RESENT ")
+    assert last == f"The Capillary stub performed {resent} resend(s)."

@@ -184,7 +184,7 @@ def _settings_env_names() -> tuple[set[str], set[str]]:
     """(every name settings.py reads, the names it requires), parsed from the source."""
     source = SETTINGS_PATH.read_text(encoding="utf-8")
     name = r'"([A-Z][A-Z0-9_]+)"'
-    read = set(re.findall(r"(?:_required|_number)\(\s*\w+\s*,\s*" + name, source))
+    read = set(re.findall(r"(?:_required|_number|_optional_rate)\(\s*\w+\s*,\s*" + name, source))
     read |= set(re.findall(r"(?:\benv|environ|os\.environ)\.get\(\s*" + name, source))
     read |= set(re.findall(r"(?:\benv|environ|os\.environ)\[\s*" + name, source))
     read |= set(re.findall(r"getenv\(\s*" + name, source))
@@ -413,7 +413,7 @@ def test_the_shipped_parameter_sets_pass_the_rules(
     template: dict[str, Any], parameters: dict[str, Any], samconfig: dict[str, Any]
 ) -> None:
     base = {"CapillaryBaseUrl": "https://eu.api.capillarytech.com"}
-    for overrides in (base, _overrides(samconfig, "default"), _overrides(samconfig, "prod")):
+    for overrides in (base, *(_overrides(samconfig, name) for name in ("default", "staging", "prod"))):
         assert _failed_assertions(template, _parameter_values(parameters, overrides)) == []
 
 
@@ -450,12 +450,13 @@ def test_env_values_point_at_the_stack_resources(env_vars: dict[str, Any]) -> No
     assert env_vars["CAPILLARY_SECRET_ID"] == {
         "Fn::If": ["CreateSecret", {"Ref": "CapillaryPlaceholderSecret"}, {"Ref": "CapillarySecretArn"}]
     }
-    assert env_vars["POWERTOOLS_SERVICE_NAME"] == SERVICE_NAME
+    # The service dimension is the stack's name, so two stacks in one account keep their figures apart.
+    assert env_vars["POWERTOOLS_SERVICE_NAME"] == {"Ref": "AWS::StackName"}
     assert env_vars["POWERTOOLS_METRICS_NAMESPACE"] == METRICS_NAMESPACE
     assert env_vars["POWERTOOLS_LOG_LEVEL"] == {"Ref": "LogLevel"}
 
 
-@pytest.mark.parametrize("environment", ["template defaults", "default", "prod"])
+@pytest.mark.parametrize("environment", ["template defaults", "default", "staging", "prod"])
 def test_the_code_accepts_the_deployed_settings(
     environment: str,
     template: dict[str, Any],
@@ -560,6 +561,68 @@ def test_outcomes_table_contract(resources: dict[str, Any]) -> None:
     assert index["Projection"] == {"ProjectionType": "ALL"}
 
 
+def test_pacing_table_has_a_string_org_key_and_no_ttl(resources: dict[str, Any]) -> None:
+    table = resources["PacingTable"]
+    props = table["Properties"]
+    assert props["KeySchema"] == [{"AttributeName": "org", "KeyType": "HASH"}]
+    assert props["AttributeDefinitions"] == [{"AttributeName": "org", "AttributeType": "S"}]
+    assert props["BillingMode"] == "PAY_PER_REQUEST"
+    # A TTL could delete a bucket or an open breaker while its org is being paced.
+    assert "TimeToLiveSpecification" not in props
+    assert props["SSESpecification"]["SSEEnabled"] is True
+    assert "GlobalSecondaryIndexes" not in props
+
+
+def test_pacing_is_on_in_the_deployed_stack_and_the_rate_is_optional(
+    env_vars: dict[str, Any], parameters: dict[str, Any], template: dict[str, Any]
+) -> None:
+    assert env_vars["PACING_TABLE"] == {"Ref": "PacingTable"}
+    assert env_vars["RESEND_RATE_PER_MINUTE"] == {
+        "Fn::If": ["HasResendRate", {"Ref": "ResendRatePerMinute"}, {"Ref": "AWS::NoValue"}]
+    }
+    rate = parameters["ResendRatePerMinute"]
+    assert rate["Default"] == ""
+    for accepted in ("", "100", "95.5"):
+        assert re.fullmatch(rate["AllowedPattern"], accepted), accepted
+    for refused in ("0", "-5", "ten", "100/min"):
+        assert re.fullmatch(rate["AllowedPattern"], refused) is None, refused
+    values = _parameter_values(parameters, {"CapillaryBaseUrl": "https://eu.api.capillarytech.com"})
+    for given, expected in (("", None), ("90", 90.0)):
+        environ = {
+            name: _resolve(value, template, {**values, "ResendRatePerMinute": given})
+            for name, value in env_vars.items()
+        }
+        settings = Settings.from_env({n: v for n, v in environ.items() if v is not None})
+        assert settings.pacing_table == "PacingTable-physical-id"
+        assert settings.resend_rate_per_minute == expected
+
+
+def test_only_the_pacing_actions_reach_the_pacing_table(role_statements: list[dict[str, Any]]) -> None:
+    on_pacing = [
+        statement
+        for statement in role_statements
+        if statement["Resource"] == {"Fn::GetAtt": ["PacingTable", "Arn"]}
+    ]
+    assert [_as_list(statement["Action"]) for statement in on_pacing] == [
+        ["dynamodb:GetItem", "dynamodb:UpdateItem"]
+    ]
+
+
+def test_dashboard_shows_resends_per_minute_against_the_limit(
+    dashboard: dict[str, Any], resources: dict[str, Any]
+) -> None:
+    (widget,) = [w for w in dashboard["widgets"] if "against the limit" in w["properties"].get("title", "")]
+    names = {strings[1] for strings, _ in _metric_rows(widget)}
+    assert {MetricName.RESENT, MetricName.THROTTLED, MetricName.DEFERRED, MetricName.BREAKER_OPEN} <= names
+    assert widget["properties"]["period"] == 60
+    variables = resources["Dashboard"]["Properties"]["DashboardBody"]["Fn::Sub"][1]
+    annotation = variables["RateAnnotations"]["Fn::If"]
+    assert annotation[0] == "HasResendRate"
+    assert json.loads(annotation[1]["Fn::Sub"].replace("${ResendRatePerMinute}", "100")) == {
+        "horizontal": [{"label": "ResendRatePerMinute", "value": 100}]
+    }
+
+
 def test_placeholder_secret_holds_no_credential(resources: dict[str, Any]) -> None:
     secret = resources["CapillaryPlaceholderSecret"]
     assert secret["Condition"] == "CreateSecret"
@@ -607,9 +670,9 @@ def test_function_role_grants_exactly_what_the_code_needs(role_statements: list[
         "Fn::If": ["CreateSecret", {"Ref": "CapillaryPlaceholderSecret"}, {"Ref": "CapillarySecretArn"}]
     }
     expected = {
-        "dynamodb:GetItem": [table],
+        "dynamodb:GetItem": [{"Fn::GetAtt": ["PacingTable", "Arn"]}, table],
         "dynamodb:PutItem": [table],
-        "dynamodb:UpdateItem": [table],
+        "dynamodb:UpdateItem": [{"Fn::GetAtt": ["PacingTable", "Arn"]}, table],
         "dynamodb:ConditionCheckItem": [table],
         "secretsmanager:GetSecretValue": [secret],
         "sqs:ReceiveMessage": [source],
@@ -617,7 +680,7 @@ def test_function_role_grants_exactly_what_the_code_needs(role_statements: list[
         "sqs:GetQueueAttributes": [source],
         "sqs:ChangeMessageVisibility": [source],
         "sqs:GetQueueUrl": [source],
-        "sqs:SendMessage": [dlq],
+        "sqs:SendMessage": [source, dlq],  # held-back copies, poison records
         "logs:CreateLogStream": [{"Fn::GetAtt": ["FunctionLogGroup", "Arn"]}],
         "logs:PutLogEvents": [{"Fn::GetAtt": ["FunctionLogGroup", "Arn"]}],
         "kms:Decrypt": [{"Ref": "CapillarySecretKmsKeyArn"}],
@@ -636,7 +699,7 @@ def test_dashboard_metrics_are_the_ones_the_code_emits(dashboard: dict[str, Any]
                 continue
             name, dims = own
             assert name in set(MetricName), f"{name} is not a MetricName"
-            assert dims == {"service": SERVICE_NAME}
+            assert dims == {"service": "stand-in-AWS::StackName"}
             seen.add(name)
     assert seen == {m.value for m in MetricName}, "every emitted metric belongs on the dashboard"
 
@@ -668,7 +731,7 @@ def test_alarms_watch_emitted_metrics_and_notify_the_optional_topic(resources: d
         props = alarm["Properties"]
         if props["Namespace"] == METRICS_NAMESPACE:
             assert props["MetricName"] in set(MetricName), name
-            assert props["Dimensions"] == [{"Name": "service", "Value": SERVICE_NAME}], name
+            assert props["Dimensions"] == [{"Name": "service", "Value": {"Ref": "AWS::StackName"}}], name
         watched.add((props["Namespace"], props["MetricName"]))
         notify = {"Fn::If": ["HasAlarmTopic", [{"Ref": "AlarmTopicArn"}], {"Ref": "AWS::NoValue"}]}
         assert props["AlarmActions"] == notify, name
@@ -677,6 +740,7 @@ def test_alarms_watch_emitted_metrics_and_notify_the_optional_topic(resources: d
     assert watched == {
         (METRICS_NAMESPACE, MetricName.UNCERTAIN.value),
         (METRICS_NAMESPACE, MetricName.OUTCOME_WRITE_FAILED.value),
+        (METRICS_NAMESPACE, MetricName.DEFERRAL_AGE.value),
         (METRICS_NAMESPACE, MetricName.CONFIGURATION_REFUSED.value),
         (METRICS_NAMESPACE, MetricName.UNEXPECTED_ERROR.value),
         ("AWS/SQS", "ApproximateNumberOfMessagesVisible"),
@@ -688,6 +752,11 @@ def test_alarms_watch_emitted_metrics_and_notify_the_optional_topic(resources: d
     assert uncertain["ComparisonOperator"] == "GreaterThanOrEqualToThreshold"
     age = alarms["OldestMessageAgeAlarm"]["Properties"]
     assert age["Threshold"] == {"Ref": "OldestMessageAgeThresholdSeconds"}
+    deferred = alarms["DeferredTooLongAlarm"]["Properties"]
+    # The age of the oldest held-back record, not a count: one record parked too long is enough.
+    assert (deferred["MetricName"], deferred["Statistic"]) == (MetricName.DEFERRAL_AGE, "Maximum")
+    assert deferred["Threshold"] == {"Ref": "DeferredAgeThresholdSeconds"}
+    assert deferred["ComparisonOperator"] == "GreaterThanThreshold"
 
 
 def test_outputs(template: dict[str, Any]) -> None:
@@ -696,6 +765,7 @@ def test_outputs(template: dict[str, Any]) -> None:
         "QueueUrl",
         "DeadLetterQueueUrl",
         "OutcomesTableName",
+        "PacingTableName",
         "DashboardUrl",
         "FunctionName",
     } <= set(template["Outputs"])

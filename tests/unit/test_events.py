@@ -386,7 +386,25 @@ def test_sqs_record_fields() -> None:
         receive_count=4,
         receipt_handle="handle-c0ffee-record",
         source_arn=QUEUE_ARN,
+        first_seen_at=1746061700.0,  # the record's SentTimestamp: when the failure reached the queue
     )
+
+
+def test_a_deferred_copy_carries_its_deferral_count_first_seen_time_and_other_attributes() -> None:
+    record = sqs_record(failure(MESSAGE_ID))
+    record["messageAttributes"] = {
+        "resenderDeferrals": {"stringValue": "3", "dataType": "Number"},
+        "resenderFirstSeenAt": {"stringValue": "1746061600123", "dataType": "Number"},
+        "tenant": {"stringValue": "brand-a", "dataType": "String"},
+        "blob": {"binaryValue": "AAE=", "dataType": "Binary"},
+    }
+
+    _, delivery = one_delivery({"Records": [record]})
+
+    assert delivery.deferrals == 3
+    assert delivery.first_seen_at == 1746061600.123
+    assert ("tenant", "String", "brand-a") in delivery.message_attributes
+    assert all(name != "blob" for name, _, _ in delivery.message_attributes)
 
 
 def test_sqs_batch_keeps_order_and_every_record() -> None:

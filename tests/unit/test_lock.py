@@ -15,38 +15,51 @@ ROOT = Path(__file__).resolve().parents[2]
 UV = Path(sys.executable).with_name("uv")
 
 
-def declared_dependencies() -> set[str]:
+def declared(*extras: str) -> set[str]:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
-    return {Requirement(text).name.lower().replace("_", "-") for text in project["dependencies"]}
+    texts = list(project["dependencies"])
+    for extra in extras:
+        texts += project["optional-dependencies"][extra]
+    return {Requirement(text).name.lower().replace("_", "-") for text in texts}
 
 
-def imported_top_level_modules(folder: Path) -> set[str]:
+def third_party_imports(paths: list[Path]) -> set[str]:
     modules: set[str] = set()
-    for path in folder.rglob("*.py"):
+    for path in paths:
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Import):
                 modules.update(alias.name.split(".")[0] for alias in node.names)
             elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
                 modules.add(node.module.split(".")[0])
-    return modules
+    # Type stubs are imported under TYPE_CHECKING only; they never run.
+    found = {
+        module
+        for module in modules
+        if module not in sys.stdlib_module_names
+        and module != "resender"
+        and not module.startswith("mypy_boto3")
+    }
+    return {DISTRIBUTIONS.get(module, module).replace("_", "-") for module in found}
 
 
 #: Import name → distribution name, where they differ.
 DISTRIBUTIONS = {"aws_lambda_powertools": "aws-lambda-powertools", "aws_xray_sdk": "aws-xray-sdk"}
-#: Imported only by the operator tool and the local stack, which the dev/local extras provide.
-LOCAL_ONLY = {"moto"}
 
 
-def test_every_package_the_function_imports_is_declared() -> None:
-    third_party = {
-        module
-        for module in imported_top_level_modules(ROOT / "src" / "resender")
-        if module not in sys.stdlib_module_names and module not in {"resender", "mypy_boto3_dynamodb"}
-    }
-    third_party = {module for module in third_party if not module.startswith("mypy_boto3")} - LOCAL_ONLY
-    needed = {DISTRIBUTIONS.get(module, module).replace("_", "-") for module in third_party}
+def test_every_package_the_function_imports_is_a_dependency() -> None:
+    sys.path.insert(0, str(ROOT / "src"))
+    import build_artifact
 
-    assert needed <= declared_dependencies(), needed - declared_dependencies()
+    runtime = [ROOT / "src" / path for path in build_artifact.runtime_modules()]
+    needed = third_party_imports(runtime)
+
+    assert needed <= declared(), needed - declared()
+
+
+def test_every_package_the_operator_tool_and_local_stack_import_is_declared() -> None:
+    needed = third_party_imports(list((ROOT / "src" / "resender").rglob("*.py")))
+
+    assert needed <= declared("cli", "local"), needed - declared("cli", "local")
 
 
 @pytest.mark.parametrize(

@@ -422,3 +422,50 @@ def test_start_up_check_refuses_and_keeps_refusing_naming_the_settings_to_change
     assert f"{minimum_resend_seconds(settings):g} s" in message
     with pytest.raises(ConfigurationRefusedError):
         check.check(900.0)  # the verdict of the first invocation stands for the container
+
+
+# --- pacing ------------------------------------------------------------------------------------------------
+
+
+def test_pacing_is_off_and_the_rate_adaptive_by_default() -> None:
+    settings = from_env()
+
+    assert settings.pacing_table is None
+    assert settings.resend_rate_per_minute is None
+    assert settings.resend_burst == 1
+    assert settings.deferral_max_age_seconds == 24 * 3600
+    assert settings.pacing_max_wait_seconds == 10.0
+
+
+def test_pacing_settings_are_read() -> None:
+    settings = from_env(
+        PACING_TABLE="pacing",
+        RESEND_RATE_PER_MINUTE="95.5",
+        RESEND_BURST="3",
+        DEFERRAL_MAX_AGE_SECONDS="3600",
+        SHARED_BREAKER_THRESHOLD="7",
+        SHARED_BREAKER_OPEN_SECONDS="12.5",
+    )
+
+    assert (settings.pacing_table, settings.resend_rate_per_minute, settings.resend_burst) == (
+        "pacing",
+        95.5,
+        3,
+    )
+    assert (settings.shared_breaker_threshold, settings.shared_breaker_open_seconds) == (7, 12.5)
+    assert settings.deferral_max_age_seconds == 3600
+
+
+@pytest.mark.parametrize("rate", ["0", "0.5", "-10", "fast", "nan"])
+def test_a_rate_below_one_a_minute_is_refused(rate: str) -> None:
+    with pytest.raises(ConfigurationError, match="RESEND_RATE_PER_MINUTE"):
+        from_env(RESEND_RATE_PER_MINUTE=rate)
+
+
+def test_a_burst_larger_than_the_rate_is_refused_with_the_other_problems() -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        from_env(RESEND_RATE_PER_MINUTE="2", RESEND_BURST="5", DEFERRAL_MAX_AGE_SECONDS="10")
+
+    message = str(caught.value)
+    assert "RESEND_BURST must not be larger than RESEND_RATE_PER_MINUTE" in message
+    assert "DEFERRAL_MAX_AGE_SECONDS" in message

@@ -21,6 +21,7 @@ import boto3
 REGION: Final = "us-east-1"
 ACCOUNT_ID: Final = "123456789012"
 TABLE_NAME: Final = "communication-outcomes"
+PACING_TABLE_NAME: Final = "communication-pacing"
 SECRET_ID: Final = "capillary/resender"  # noqa: S105 - a secret name, not a secret
 QUEUE_NAME: Final = "communication-failures"
 DLQ_NAME: Final = "communication-failures-dlq"
@@ -46,6 +47,7 @@ class LocalResources:
     queue_arn: str
     dead_letter_queue_url: str
     dead_letter_queue_arn: str
+    pacing_table_name: str = PACING_TABLE_NAME
 
     def environment(self, capillary_base_url: str) -> dict[str, str]:
         """The function's environment for this emulated stack."""
@@ -138,6 +140,7 @@ def provision(endpoint_url: str, secret: dict[str, str]) -> LocalResources:
     )
     dynamodb = session.client("dynamodb", endpoint_url=endpoint_url)
     create_outcomes_table(dynamodb, TABLE_NAME)
+    create_pacing_table(dynamodb, PACING_TABLE_NAME)
     secrets = session.client("secretsmanager", endpoint_url=endpoint_url)
     secrets.create_secret(Name=SECRET_ID, SecretString=json.dumps(secret))
     sqs = session.client("sqs", endpoint_url=endpoint_url)
@@ -155,6 +158,16 @@ def provision(endpoint_url: str, secret: dict[str, str]) -> LocalResources:
         "QueueArn"
     ]
     return LocalResources(endpoint_url, TABLE_NAME, SECRET_ID, queue_url, queue_arn, dlq_url, dlq_arn)
+
+
+def create_pacing_table(dynamodb: Any, table_name: str) -> None:
+    """The pacing table of ``template.yaml``: key ``org`` (S), no TTL."""
+    dynamodb.create_table(
+        TableName=table_name,
+        BillingMode="PAY_PER_REQUEST",
+        AttributeDefinitions=[{"AttributeName": "org", "AttributeType": "S"}],
+        KeySchema=[{"AttributeName": "org", "KeyType": "HASH"}],
+    )
 
 
 def create_outcomes_table(dynamodb: Any, table_name: str) -> None:

@@ -159,6 +159,7 @@ class ResendCall:
     performed: bool
     resent_message_id: int | None
     auth: str
+    at: float = 0.0  # time.time() when the call arrived, to count calls per window
 
 
 @dataclass(frozen=True)
@@ -233,7 +234,12 @@ class CapillaryStub:
         port: int = 0,
     ) -> None:
         self.latency_seconds = latency_seconds
-        self.retry_after_seconds = 7
+        self.retry_after_seconds: float = 7
+        # A fixed-window limit as Capillary enforces per API key: (calls, window seconds); None for none.
+        self.window_limit: tuple[int, float] | None = None
+        self._window_start = 0.0
+        self._window_calls = 0
+        self._throttled = 0
         self.hang_seconds = 30.0
         self.drip_interval_seconds = 0.2
         # A key of TOKEN_FLAWS: every token handed out from now on is spoiled that way.
@@ -342,6 +348,7 @@ class CapillaryStub:
             self._fail_next.clear()
             self._calls.clear()
             self._tokens.clear()
+            self._throttled = 0
             self._token_requests = 0
             # The resent-id counter keeps going: ids must stay unique across resets.
 
@@ -351,6 +358,22 @@ class CapillaryStub:
     def resend_calls(self) -> list[ResendCall]:
         with self._lock:
             return list(self._calls)
+
+    @property
+    def throttled(self) -> int:
+        """Calls refused by the window limit."""
+        with self._lock:
+            return self._throttled
+
+    def calls_per_window(self, seconds: float) -> dict[int, int]:
+        """Authenticated resend calls, counted per fixed window of ``seconds`` since the epoch."""
+        with self._lock:
+            counts: dict[int, int] = {}
+            for call in self._calls:
+                if call.auth != "none" and call.behaviour is not Behaviour.UNAUTHORIZED:
+                    window = int(call.at // seconds)
+                    counts[window] = counts.get(window, 0) + 1
+            return counts
 
     def resends_performed(self, message_id: int | None = None) -> int:
         with self._lock:
@@ -404,20 +427,40 @@ class CapillaryStub:
             auth, failure = self._authenticate(oauth_token, authorization)
             if failure is not None:
                 behaviour = Behaviour.TOKEN_EXPIRED if failure.status == 498 else Behaviour.UNAUTHORIZED
-                self._record(ResendCall(message_id, behaviour, False, None, auth))
+                self._record(ResendCall(message_id, behaviour, False, None, auth, time.time()))
                 return failure
             if message_id is None:
-                self._record(ResendCall(None, Behaviour.REJECTED, False, None, auth))
+                self._record(ResendCall(None, Behaviour.REJECTED, False, None, auth, time.time()))
                 return self._reply_for(Behaviour.REJECTED, 0, None)
+            now = time.time()
+            limited = self._over_window_limit(now)
+            if limited is not None:
+                self._record(ResendCall(message_id, Behaviour.THROTTLED, False, None, auth, now))
+                status, code, message = _JSON_ERRORS[Behaviour.THROTTLED]
+                return _errors(status, code, message, (("Retry-After", f"{limited:.3f}"),))
             behaviour = self._next_behaviour(message_id)
             resent_id: int | None = None
             if behaviour in _PERFORMED:
                 self._last_resent_id += 1
                 resent_id = self._last_resent_id
-            self._record(ResendCall(message_id, behaviour, behaviour in _PERFORMED, resent_id, auth))
+            self._record(ResendCall(message_id, behaviour, behaviour in _PERFORMED, resent_id, auth, now))
             if behaviour is Behaviour.ECHO_REQUEST:
                 return self._echo(authorization, body, request_headers)
             return self._reply_for(behaviour, message_id, resent_id)
+
+    def _over_window_limit(self, now: float) -> float | None:
+        """Seconds until the current window ends if this call exceeds the limit, else None (and count it)."""
+        if self.window_limit is None:
+            return None
+        calls, seconds = self.window_limit
+        start = now - now % seconds
+        if start != self._window_start:
+            self._window_start, self._window_calls = start, 0
+        self._window_calls += 1
+        if self._window_calls <= calls:
+            return None
+        self._throttled += 1
+        return start + seconds - now
 
     def _handle_token(self, body: bytes) -> _Reply:
         try:

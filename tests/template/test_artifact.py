@@ -1,0 +1,94 @@
+"""What the Lambda artefact holds: the handler's modules and the locked dependencies, nothing else."""
+
+from __future__ import annotations
+
+import json
+import platform
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from cfnlint.decode import cfn_yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "src"))
+import build_artifact  # noqa: E402 - the build script beside the package, not part of it
+
+NEVER_SHIPPED = ("resender/cli.py", "resender/operations.py", "resender/stack_outputs.py", "resender/local")
+
+
+def host_platform() -> str:
+    return f"manylinux2014_{platform.machine()}"
+
+
+@pytest.fixture(scope="module")
+def artefact(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Built for this machine, so that it can also be imported here; the template's build targets arm64."""
+    target = tmp_path_factory.mktemp("artefact")
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    build_artifact.build(target, platform=host_platform(), python_version=version)
+    return target
+
+
+def pinned() -> dict[str, str]:
+    text = (ROOT / "src" / "requirements.txt").read_text(encoding="utf-8")
+    return {
+        match.group(1).lower().replace("_", "-"): match.group(2)
+        for match in re.finditer(r"^([A-Za-z0-9_.-]+)==([^\s;\\]+)", text, re.MULTILINE)
+    }
+
+
+def test_the_artefact_ships_no_operator_tool_stub_emulator_or_tests(artefact: Path) -> None:
+    shipped = {str(path.relative_to(artefact)) for path in artefact.rglob("*") if path.is_file()}
+
+    assert "resender/app.py" in shipped
+    for excluded in NEVER_SHIPPED:
+        assert not any(path.startswith(excluded) for path in shipped), excluded
+    assert not any(
+        path.startswith(("tests/", "bench/", "moto/", "build_artifact", "Makefile")) for path in shipped
+    )
+
+
+def test_the_artefact_holds_exactly_the_locked_dependencies(artefact: Path) -> None:
+    installed = {}
+    for info in artefact.glob("*.dist-info"):
+        name, version = info.name.removesuffix(".dist-info").rsplit("-", 1)
+        installed[name.lower().replace("_", "-")] = version
+
+    assert installed == pinned()
+
+
+def test_the_handler_imports_from_the_artefact_alone(artefact: Path) -> None:
+    probe = (
+        "import json, sys; sys.path[:0] = [sys.argv[1]]; import resender.app; "
+        "print(json.dumps({n: getattr(m, '__file__', None) for n, m in sys.modules.items()}))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", probe, str(artefact)], capture_output=True, text=True, check=True
+    )
+    modules = json.loads(done.stdout)
+    site_packages = [path for path in sys.path if path.endswith("site-packages")]
+
+    from_outside = [
+        name
+        for name, file in modules.items()
+        if file and any(file.startswith(path) for path in site_packages)
+    ]
+    assert from_outside == []
+    assert modules["resender.app"].startswith(str(artefact))
+
+
+def test_the_function_is_built_by_the_makefile_target_sam_calls() -> None:
+    template = cfn_yaml.load(str(ROOT / "template.yaml"))
+    functions = {
+        name
+        for name, resource in template["Resources"].items()
+        if resource["Type"] == "AWS::Serverless::Function"
+    }
+    makefile = (ROOT / "src" / "Makefile").read_text(encoding="utf-8")
+
+    for name in functions:
+        assert template["Resources"][name]["Metadata"]["BuildMethod"] == "makefile"
+        assert re.search(rf"^build-{name}:", makefile, re.MULTILINE), name
