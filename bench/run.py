@@ -2,6 +2,7 @@
 
     python -m bench.run [--latency-ms 100] [--runs 7] [--soak 10000] [--soak-latency-ms 0] [--json PATH]
     python -m bench.run --storm [--storm-messages 200] [--storm-pollers 5] [--storm-outage 15]
+    python -m bench.run --power-tuning [options of bench.power_tuning]
 
 Everything talks real HTTP to a moto server and to the Capillary stub, both served by a child process
 (``bench.servers``) so that the CPU time measured here is the function's alone. Figures are printed, and each
@@ -646,7 +647,12 @@ def run_storm(args: argparse.Namespace, ids: IdAllocator) -> list[tuple[str, str
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_arguments(argv)
+    arguments = sys.argv[1:] if argv is None else argv
+    if "--power-tuning" in arguments:
+        from bench import power_tuning
+
+        return power_tuning.main([word for word in arguments if word != "--power-tuning"])
+    args = parse_arguments(arguments)
     started = time.perf_counter()
     host = machine()
     print_machine(host, args)
