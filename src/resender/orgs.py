@@ -19,16 +19,16 @@ from typing import Any, Final
 import jmespath
 from jmespath.exceptions import JMESPathError
 
-from resender.capillary import CapillaryClient
 from resender.credentials import CredentialSource, CredentialsProvider, OrgCredentials, OrgDirectory
 from resender.errors import ResenderError
 from resender.pacing import DEFAULT_ORG
+from resender.ports import Capillary
 from resender.settings import Settings
 
 #: The org key of a single-org deployment (the rate limiter and breaker key by it).
 DEFAULT_ORG_KEY: Final = DEFAULT_ORG
 
-ClientFactory = Callable[[str, CredentialSource], CapillaryClient]
+ClientFactory = Callable[[str, CredentialSource], Capillary]
 
 
 class OrgRoutingError(ResenderError):
@@ -38,7 +38,7 @@ class OrgRoutingError(ResenderError):
 @dataclass(frozen=True, slots=True)
 class Route:
     org_key: str
-    client: CapillaryClient
+    client: Capillary
     org_id: int | None = None  # the org it is sent for, when the secret says (several-orgs shape)
 
 
@@ -47,7 +47,7 @@ class OrgRouter:
         self,
         settings: Settings,
         credentials: CredentialsProvider,
-        default_client: CapillaryClient,
+        default_client: Capillary,
         client_factory: ClientFactory,
     ) -> None:
         self._path_text = settings.org_id_path
@@ -57,7 +57,7 @@ class OrgRouter:
         self._default = Route(DEFAULT_ORG_KEY, default_client)
         self._factory = client_factory
         self._lock = threading.Lock()
-        self._clients: dict[tuple[str, str], CapillaryClient] = {}
+        self._clients: dict[tuple[str, str], Capillary] = {}
 
     def route(self, payload: Any) -> Route:
         """The org and client for ``payload``; :class:`OrgRoutingError` if none may send it.

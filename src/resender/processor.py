@@ -25,7 +25,6 @@ from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Final
 
-from resender.capillary import CapillaryClient
 from resender.credentials import SecretError
 from resender.events import (
     DEFERRALS_ATTRIBUTE,
@@ -41,6 +40,7 @@ from resender.observability import MetricName, logger
 from resender.orgs import DEFAULT_ORG_KEY, OrgRouter, OrgRoutingError, Route
 from resender.pacing import HoldReason, Pacer, Refusal, Unpaced, is_throttle
 from resender.policy import ResendPolicy, Skip, loop_guard
+from resender.ports import Capillary, Store
 from resender.queues import NoDeadLetterQueueError, QueueError, Queues
 from resender.settings import Settings
 from resender.store import (
@@ -49,7 +49,6 @@ from resender.store import (
     ClaimResult,
     ClaimState,
     Outcome,
-    OutcomeStore,
     StoreError,
 )
 
@@ -144,8 +143,8 @@ class Resender:
         self,
         settings: Settings,
         *,
-        store: OutcomeStore,
-        capillary: CapillaryClient,
+        store: Store,
+        capillary: Capillary,
         queues: Queues,
         executor: ThreadPoolExecutor,
         rng: random.Random | None = None,
