@@ -122,7 +122,7 @@ def handle(event: dict[str, Any]) -> dict[str, Any]:
 def test_16_threads_and_2_processes_never_exceed_the_shared_rate(
     local_aws: LocalResources, stub: CapillaryStub
 ) -> None:
-    rate, window, seconds = 20, 1.0, 3.0
+    rate, window, seconds = 40, 2.0, 4.0
     environment = {**os.environ, **FAKE_AWS, "AWS_ENDPOINT_URL": local_aws.endpoint_url}
     command = [sys.executable, "-m", "tests.integration.pacing_worker", local_aws.endpoint_url]
     command += [local_aws.pacing_table_name, stub.base_url, str(rate), str(window), str(seconds), "4"]
@@ -155,8 +155,10 @@ def test_16_threads_and_2_processes_never_exceed_the_shared_rate(
     child_calls = [int(output.strip()) for output in outputs]
     assert all(calls > 0 for calls in child_calls), "every process got slots"
     per_window = stub.calls_per_window(window)
-    # A call whose slot is at the very end of one window may reach the stub a few ms into the next one.
-    assert max(per_window.values()) <= rate + 1, per_window
+    # The stub counts arrivals: a call whose slot is near the end of one window can reach it a little into
+    # the next one when the machine is busy, so a few calls of slack (without a limiter the threads make
+    # about twice the rate in every window).
+    assert max(per_window.values()) <= rate * 1.1, per_window
     busy = sorted(per_window.items())[1:-1]  # whole windows only
     # Not vacuous: the callers did press against the limit (how close depends on the machine's load, so the
     # bound is loose; the guarantee under test is the ceiling above).
