@@ -1392,3 +1392,14 @@ def test_invoke_local_ends_with_the_resends_the_stub_performed(run, fresh_moto) 
     last = result.out.strip().splitlines()[-1]
     resent = result.out.count(" RESENT ")
     assert last == f"The Capillary stub performed {resent} resend(s)."
+
+
+def test_demo_says_what_it_started_shows_duplicates_as_such_and_fits_100_columns(run, fresh_moto) -> None:
+    result = run("demo", "--events", str(EVENTS), "--no-operator-commands")
+
+    assert result.code == 0, result.err
+    assert result.out.startswith("Started, on this machine only")
+    assert "DUPLICATE (RESENT)" in result.out  # sqs-batch-duplicates.json holds one id twice
+    assert "Authorization: Basic <redacted>" in result.out
+    assert "server123" not in result.out
+    assert max(len(line) for line in result.out.splitlines()) <= 100

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -23,11 +25,22 @@ def event_files(directory: Path) -> list[Path]:
     return sorted(path for path in directory.glob("*.json") if path.name != "env.json")
 
 
-def outcome_rows(stack: LocalStack, invocation: Invocation, event: dict[str, Any]) -> list[tuple[str, ...]]:
-    """One row per record: the outcome stored for its id, or why it was set aside."""
+#: The demo's output fits a terminal of this many columns.
+TERMINAL_COLUMNS = 100
+
+
+def outcome_rows(
+    stack: LocalStack, invocation: Invocation, event: dict[str, Any], invoked_at: str = ""
+) -> list[tuple[str, ...]]:
+    """One row per record: what this invocation did with it, or why it was set aside.
+
+    An id that came twice in the batch, or was settled before this invocation (``updatedAt`` before
+    ``invoked_at``), is shown as ``DUPLICATE`` with the status found, never as a second ``RESENT``.
+    """
     dynamodb = boto3.client("dynamodb", endpoint_url=stack.resources.endpoint_url)
     parser = MessageIdParser()
     rows: list[tuple[str, ...]] = []
+    seen: set[int] = set()
     _, deliveries = parse_event(event)
     for delivery in deliveries:
         parsed = parser.parse(delivery)
@@ -38,6 +51,10 @@ def outcome_rows(stack: LocalStack, invocation: Invocation, event: dict[str, Any
             TableName=stack.resources.table_name, Key={"messageId": {"N": str(parsed.message_id)}}
         ).get("Item", {})
         status = item.get("status", {}).get("S", "-")
+        updated_at = item.get("updatedAt", {}).get("S", "")
+        if parsed.message_id in seen or (status != "-" and updated_at < invoked_at):
+            status = f"DUPLICATE ({status})"
+        seen.add(parsed.message_id)
         resent = item.get("resentMessageId", {}).get("N", "-")
         org = item.get("orgId", {}).get("N", "-")
         reason = item.get("errorMessage", {}).get("S", "")
@@ -47,9 +64,14 @@ def outcome_rows(stack: LocalStack, invocation: Invocation, event: dict[str, Any
     return rows
 
 
-def render_table(rows: Sequence[tuple[str, ...]], header: Sequence[str] = COLUMNS, width: int = 60) -> str:
+def render_table(
+    rows: Sequence[tuple[str, ...]], header: Sequence[str] = COLUMNS, columns: int = TERMINAL_COLUMNS
+) -> str:
+    """A table whose last column is clipped so that every line fits ``columns``."""
+    fixed = [max(len(str(cell)) for cell in column) for column in zip(header, *rows, strict=False)][:-1]
+    width = max(12, columns - sum(fixed) - 2 * len(fixed))
     clipped = [
-        tuple(cell if len(cell) <= width else cell[: width - 3] + "..." for cell in row) for row in rows
+        (*row[:-1], row[-1] if len(row[-1]) <= width else row[-1][: width - 3] + "...") for row in rows
     ]
     widths = [max(len(str(cell)) for cell in column) for column in zip(header, *clipped, strict=False)]
     lines = ["  ".join(cell.ljust(size) for cell, size in zip(header, widths, strict=True))]
@@ -69,10 +91,12 @@ def run_demo(events_dir: Path | None = None, out: TextIO | None = None) -> int:
         print(f"no event files found in {events_dir or default_events_dir()}", file=out)
         return 2
     with local_stack() as stack:
+        print(describe_stack(stack, len(files)), file=out)
         rows: list[tuple[str, ...]] = []
         for path in files:
             event = load_event(path)
-            rows.extend(outcome_rows(stack, invoke(event, path.name), event))
+            invoked_at = _now_iso()
+            rows.extend(outcome_rows(stack, invoke(event, path.name), event, invoked_at))
         # A replay of every file: the outcomes table must turn all of them into acknowledged duplicates.
         stubs = (stack.stub, stack.second_org)
         performed_before = sum(stub.resends_performed() for stub in stubs)
@@ -82,27 +106,74 @@ def run_demo(events_dir: Path | None = None, out: TextIO | None = None) -> int:
         replayed_resends = sum(stub.resends_performed() for stub in stubs) - performed_before
         print(render_table(rows), file=out)
         print(file=out)
+        print(first_request(stack), file=out)
         ids = {call.message_id for stub in stubs for call in stub.resend_calls if call.performed}
         print(
-            f"Capillary performed {performed_before} resend(s) for {len(ids)} distinct messageId(s); "
-            f"replaying every file caused {replayed_resends} more.",
+            textwrap.fill(
+                f"Capillary performed {performed_before} resend(s) for {len(ids)} distinct messageId(s); "
+                f"replaying every file caused {replayed_resends} more.",
+                TERMINAL_COLUMNS,
+            ),
             file=out,
         )
         print(
-            f"Org {stack.second_org.org_id} was served by its own cluster at {stack.second_org.base_url} "
-            f"with its own OAuth client: {stack.second_org.resends_performed()} resend(s); org "
-            f"{stack.stub.org_id}: {stack.stub.resends_performed()}. Skipped by the resend policy: "
-            f"{sum(row[3] == 'SKIPPED' and row[5].startswith('policy:') for row in rows)}.",
+            textwrap.fill(
+                f"Org {stack.second_org.org_id} was served by its own cluster at {stack.second_org.base_url} "
+                f"with its own OAuth client: {stack.second_org.resends_performed()} resend(s); org "
+                f"{stack.stub.org_id}: {stack.stub.resends_performed()}. Skipped by the resend policy: "
+                f"{sum(row[3] == 'SKIPPED' and row[5].startswith('policy:') for row in rows)}.",
+                TERMINAL_COLUMNS,
+            ),
             file=out,
         )
         print(
-            f"Dead-letter queue holds {dlq_count} poison record(s), each with a '{POISON_REASON_ATTRIBUTE}'.",
+            textwrap.fill(
+                f"Dead-letter queue holds {dlq_count} poison record(s), "
+                f"each with a '{POISON_REASON_ATTRIBUTE}'.",
+                TERMINAL_COLUMNS,
+            ),
             file=out,
         )
         if replay_failures:
             print(f"{len(replay_failures)} replay invocation(s) failed", file=out)
             return 1
     return 0
+
+
+def describe_stack(stack: LocalStack, files: int) -> str:
+    """What the demo started and what it put in, before anything runs."""
+    resources = stack.resources
+    return "\n".join(
+        [
+            "Started, on this machine only (dummy AWS credentials, nothing reaches an account):",
+            f"  emulated AWS (moto)        {resources.endpoint_url}",
+            f"  Capillary stub, org {stack.stub.org_id}   {stack.stub.base_url}  (basic auth)",
+            f"  Capillary stub, org {stack.second_org.org_id}   {stack.second_org.base_url}  (OAuth)",
+            f"Created: table {resources.table_name}, queue and DLQ {resources.queue_url.rsplit('/', 1)[-1]},",
+            f"  secret {resources.secret_id} (both orgs' credentials). Feeding {files} sample event file(s).",
+            "",
+        ]
+    )
+
+
+def first_request(stack: LocalStack) -> str:
+    """One resend request as the stub received it, with the credentials left out."""
+    calls = [call for stub in (stack.stub, stack.second_org) for call in stub.resend_calls]
+    if not calls:
+        return "Capillary received no resend request."
+    call = calls[0]
+    auth = "Authorization: Basic <redacted>" if call.auth == "basic" else "X-CAP-API-OAUTH-TOKEN: <redacted>"
+    return (
+        "One request as Capillary received it:\n"
+        f"  POST /v2/communications/resend  {auth}\n"
+        f'  {{"messageId": {call.message_id}}}  ->  resentMessageId {call.resent_message_id}\n'
+    )
+
+
+def _now_iso() -> str:
+    # The table's updatedAt format (UTC, milliseconds); a millisecond early, so this run's writes are later.
+    moment = datetime.now(UTC) - timedelta(milliseconds=1)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _dead_letter_count(stack: LocalStack) -> int:
