@@ -155,10 +155,14 @@ def test_16_threads_and_2_processes_never_exceed_the_shared_rate(
     child_calls = [int(output.strip()) for output in outputs]
     assert all(calls > 0 for calls in child_calls), "every process got slots"
     per_window = stub.calls_per_window(window)
-    # The stub counts arrivals: a call whose slot is near the end of one window can reach it a little into
-    # the next one when the machine is busy, so a few calls of slack (without a limiter the threads make
-    # about twice the rate in every window).
-    assert max(per_window.values()) <= rate * 1.1, per_window
+    # The stub counts arrivals, and on a busy machine calls granted in one window can arrive bunched in the
+    # next (two Python processes start while sixteen threads sleep until their slots). So: every window within
+    # 30 % of the rate, and the whole run within the rate over its span plus one window. Without the limiter
+    # the threads make about twice the rate in every window, and fail both.
+    assert max(per_window.values()) <= rate * 1.3, per_window
+    arrivals = sorted(call.at for call in stub.resend_calls)
+    span = arrivals[-1] - arrivals[0]
+    assert len(arrivals) <= rate * (span / window + 1), (len(arrivals), span)
     busy = sorted(per_window.items())[1:-1]  # whole windows only
     # Not vacuous: the callers did press against the limit (how close depends on the machine's load, so the
     # bound is loose; the guarantee under test is the ceiling above).
