@@ -257,6 +257,14 @@ def _fifo_fields(target: str, notification: Notification) -> dict[str, str]:
     return {"MessageGroupId": group, "MessageDeduplicationId": str(notification.message_id)}
 
 
+def _refused(failed: Sequence[Any]) -> list[Refused]:
+    """What a batch call refused; SendMessageBatch and PublishBatch answer alike. AWS's own faults retry."""
+    return [
+        Refused(entry["Id"], f"{entry['Code']}: {entry.get('Message', '')}", not entry["SenderFault"])
+        for entry in failed
+    ]
+
+
 class QueuePublisher:
     def __init__(self, client: SQSClient, queue_url: str) -> None:
         self._client = client
@@ -275,10 +283,7 @@ class QueuePublisher:
                 for entry in entries
             ],
         )
-        return [
-            Refused(failed["Id"], f"{failed['Code']}: {failed.get('Message', '')}", not failed["SenderFault"])
-            for failed in response.get("Failed", [])
-        ]
+        return _refused(response.get("Failed", []))
 
 
 class TopicPublisher:
@@ -299,10 +304,7 @@ class TopicPublisher:
                 for entry in entries
             ],
         )
-        return [
-            Refused(failed["Id"], f"{failed['Code']}: {failed.get('Message', '')}", not failed["SenderFault"])
-            for failed in response.get("Failed", [])
-        ]
+        return _refused(response.get("Failed", []))
 
 
 @dataclass(slots=True)
