@@ -26,7 +26,7 @@ _PROGRAM = re.compile(r"^(?:\.venv/bin/)?resender(?=\s|$)")
 
 
 def documented_commands() -> list[tuple[str, int, str]]:
-    """(document, line number, command) for each ``resender`` line inside a shell code block."""
+    """(document path, line number, command) for each ``resender`` line inside a shell code block."""
     found = []
     for document in DOCUMENTS:
         in_block = inside = False
@@ -37,7 +37,7 @@ def documented_commands() -> list[tuple[str, int, str]]:
                 continue
             command = line.strip()
             if inside and _PROGRAM.match(command):
-                found.append((document.name, number, command))
+                found.append((str(document.relative_to(ROOT)), number, command))
     return found
 
 
