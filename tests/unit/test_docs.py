@@ -30,17 +30,17 @@ _SCHEME: Final = re.compile(r"^[a-z][a-z0-9+.-]*:", re.IGNORECASE)
 _MAKE_RULE: Final = re.compile(r"^([A-Za-z0-9][\w.-]*)\s*:(?!=)", re.MULTILINE)
 
 
-def prose_lines(text: str) -> list[tuple[int, str]]:
-    """(line number, line) outside code blocks, with inline code removed."""
+def prose(text: str) -> str:
+    """The text outside code blocks, inline code removed; code blocks become empty lines, so numbers hold."""
     lines = []
     in_block = False
-    for number, line in enumerate(text.splitlines(), start=1):
+    for line in text.splitlines():
         if _FENCE.match(line):
             in_block = not in_block
-            continue
-        if not in_block:
-            lines.append((number, _CODE_SPAN.sub("", line)))
-    return lines
+            lines.append("")
+        else:
+            lines.append("" if in_block else _CODE_SPAN.sub("", line))
+    return "\n".join(lines)
 
 
 def shell_lines(text: str) -> list[tuple[int, str]]:
@@ -97,12 +97,12 @@ def headings(text: str, levels: range) -> list[str]:
 
 
 def relative_links(text: str) -> list[tuple[int, str]]:
-    """(line number, target) of each link that points into this repository."""
+    """(line number, target) of each link that points into this repository; link text may span lines."""
+    outside_code = prose(text)
     return [
-        (number, target)
-        for number, line in prose_lines(text)
-        for target in _LINK.findall(line)
-        if not _SCHEME.match(target)
+        (outside_code.count("\n", 0, link.start()) + 1, link.group(1))
+        for link in _LINK.finditer(outside_code)
+        if not _SCHEME.match(link.group(1))
     ]
 
 
@@ -176,14 +176,14 @@ def test_the_link_checker_reports_a_missing_file_and_a_missing_heading(tmp_path:
     document.write_text(
         "# Doc\n"
         "[ok](other.md#present) [ok](#doc) [web](https://example.com/missing.md) `[code](gone.md)`\n"
-        "[gone](gone.md) [no heading](other.md#absent)\n"
+        "[gone](gone.md) [no\nheading](other.md#absent)\n"
         "```sh\n[in a block](gone.md)\n```\n",
         encoding="utf-8",
     )
 
     assert broken_links(document, root=tmp_path) == [
         "doc.md:3: gone.md (no such file)",
-        "doc.md:3: other.md#absent (no such heading)",
+        "doc.md:3: other.md#absent (no such heading)",  # a link's line is where its text begins
     ]
 
 
