@@ -3,7 +3,7 @@
 No I/O, no clock, no state: the same answer always reads the same way, so every rule can be tested from a
 table (``tests/unit/test_classify.py``) and reasoned about without HTTP. The HTTP client
 (:mod:`resender.capillary`) sends the request, reads the body within its cap and deadline, and hands the
-three parts here. The rules, first match wins (README, "How an answer is read"):
+three parts here. The rules, first match wins (docs/guarantees.md, "How an answer is read"):
 
 1. The body names a resend (``resentMessageId`` present and not null): Capillary may have resent, whatever
    else the answer says. ``RESENT`` for a clean success (2xx, no errors, a positive int64 id), otherwise

@@ -108,7 +108,7 @@ class Settings:
     skip_when: str = ""
     # Several orgs: where the org id sits in the payload; empty means one org per deployment.
     org_id_path: str = ""
-    # Pacing (see the README's "Pacing"): off unless PACING_TABLE names the table of the shared limiter.
+    # Pacing (see docs/pacing.md): off unless PACING_TABLE names the table of the shared limiter.
     pacing_table: str | None = None
     resend_rate_per_minute: float | None = None
     resend_burst: int = 1
