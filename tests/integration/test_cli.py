@@ -23,12 +23,13 @@ import requests
 from botocore.exceptions import EndpointConnectionError
 
 from resender import app, cli
+from resender.cli.rendering import parse_since
+from resender.cli.target import AwsTarget
 from resender.local.aws import LocalResources, MotoServer
 from resender.local.runner import DOCUMENTED_NOT_FOUND_ID
 from resender.local.stub import ORG_ID, Behaviour
 from resender.models import Status
 from resender.observability import logger as resender_logger
-from resender.operations import AwsTarget, parse_since
 from resender.queues import POISON_REASON_ATTRIBUTE
 from resender.store import OutcomeStore
 from tests.builders import failure, sns_event, sqs_event, sqs_record

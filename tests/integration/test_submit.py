@@ -13,9 +13,9 @@ import boto3
 import pytest
 
 from resender import cli
+from resender.cli.submit import Entry, Notification, Refused, publish
 from resender.events import Delivery, MessageIdParser
 from resender.local.aws import LocalResources
-from resender.submit import Entry, Notification, Refused, publish
 
 ID = 1746061653596
 EXAMPLES = Path(__file__).resolve().parents[2] / "schema" / "examples"

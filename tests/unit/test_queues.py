@@ -16,8 +16,9 @@ from botocore.stub import Stubber
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from resender.operations import OperatorError, queue_urls, same_queue
-from resender.queues import NoDeadLetterQueueError, Queues, dead_letter_target_arn
+from resender.cli.errors import OperatorError
+from resender.cli.redrive import queue_urls
+from resender.queues import NoDeadLetterQueueError, Queues, dead_letter_target_arn, same_queue
 
 SOURCE_ARN = "arn:aws:sqs:us-east-1:123456789012:communication-failures"
 SOURCE_URL = "https://sqs.us-east-1.amazonaws.com/123456789012/communication-failures"

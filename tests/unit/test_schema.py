@@ -12,8 +12,8 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
+from resender.cli.submit import Source, read_inputs
 from resender.events import MessageIdParser, PoisonError, parse_event, unwrap
-from resender.submit import Source, read_inputs
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = json.loads((ROOT / "schema" / "failure-notification.schema.json").read_text())

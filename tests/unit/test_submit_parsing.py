@@ -10,8 +10,8 @@ import json
 from hypothesis import given
 from hypothesis import strategies as st
 
+from resender.cli.submit import InputFormat, Source, guess_format, read_inputs
 from resender.events import PoisonError, validate_message_id
-from resender.submit import InputFormat, Source, guess_format, read_inputs
 
 valid_ids = st.integers(min_value=1, max_value=2**63 - 1)
 lines = st.one_of(
