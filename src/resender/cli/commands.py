@@ -19,7 +19,7 @@ from resender.cli.context import (
     TABLE_ENV,
     Context,
 )
-from resender.cli.errors import EXIT_NOT_FOUND, EXIT_OK, EXIT_USAGE, OperatorError
+from resender.cli.errors import ExitCode, OperatorError
 from resender.cli.rendering import OUTCOME_COLUMNS, ProgressBar, outcome_rows, print_json, render_table
 from resender.models import Status
 
@@ -35,33 +35,25 @@ def status(context: Context) -> int:
     report = read_status(context.store(), context.args.message_id)
     if context.args.json:
         print_json(report.to_json())
-        return EXIT_OK
+        return ExitCode.OK
     print("\n".join(status_lines(report)))
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def listing(context: Context) -> int:
-    from resender.cli.listing import list_all, list_outcomes
+    from resender.cli.listing import Query, list_all, list_outcomes
 
     args = context.args
-    statuses = [args.status] if args.status else list(Status)
-    read = list_all if args.all else list_outcomes
-    page = read(
-        context.store(),
-        statuses,
-        since=args.since,
-        limit=args.limit,
-        page_token=args.page_token,
-        org_id=args.org,
-    )
+    query = Query([args.status] if args.status else list(Status), args.since, args.limit, args.org)
+    page = (list_all if args.all else list_outcomes)(context.store(), query, args.page_token)
     if args.json:
         print_json(page.to_json())
-        return EXIT_OK
+        return ExitCode.OK
     print(render_table(outcome_rows(page.items), OUTCOME_COLUMNS))
     print(f"{len(page.items)} outcome(s)")
     if page.next_page_token:
         print(f"more: add --page-token {page.next_page_token}")
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def invoke(context: Context) -> int:
@@ -99,7 +91,7 @@ def invoke(context: Context) -> int:
                 f"The Capillary stub performed {performed} resend(s).",
                 file=sys.stderr if args.json else sys.stdout,
             )
-            return EXIT_NOT_FOUND if failed else EXIT_OK
+            return ExitCode.NOT_FOUND if failed else ExitCode.OK
     environ = {**context.environ, **(load_env_vars(args.env_vars) if args.env_vars else {})}
     if args.table:
         environ[TABLE_ENV] = args.table
@@ -110,7 +102,7 @@ def invoke(context: Context) -> int:
     confirm_real_resends(target, environ, assume_yes=args.yes)
     documents, failed = invoke_files(events, environ, target)
     _show_invocations(documents, as_json=args.json)
-    return EXIT_NOT_FOUND if failed else EXIT_OK
+    return ExitCode.NOT_FOUND if failed else ExitCode.OK
 
 
 def _show_invocations(documents: list[dict[str, Any]], *, as_json: bool) -> None:
@@ -156,7 +148,7 @@ def redrive(context: Context) -> int:
         print_json({**result.to_json(), "queueUrl": queue_url, "deadLetterQueueUrl": dlq_url})
     else:
         print("\n".join(result.summary(queue_url)))
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def resend(context: Context) -> int:
@@ -216,7 +208,7 @@ def submit(context: Context) -> int:
             if bar:
                 bar.finish()
         published, failed = outcome.published, outcome.failed
-    code = EXIT_USAGE if failed else (EXIT_NOT_FOUND if read.invalid else EXIT_OK)
+    code = ExitCode.USAGE if failed else (ExitCode.NOT_FOUND if read.invalid else ExitCode.OK)
     if args.json:
         print_json(
             {
@@ -285,7 +277,7 @@ def demo(context: Context) -> int:
     from resender.local.tour import operator_tour
 
     code = run_demo(context.args.events)
-    if code != EXIT_OK or not context.args.operator_commands:
+    if code != ExitCode.OK or not context.args.operator_commands:
         return code
     print()
     print("Operator commands, against a fresh emulated stack fed with the same files:")
@@ -316,7 +308,7 @@ def local(context: Context) -> int:
         capillary_port=args.capillary_port,
         env_file=args.env_file,
     )
-    return EXIT_OK
+    return ExitCode.OK
 
 
 COMMANDS: dict[str, Command] = {

@@ -7,16 +7,19 @@ resend only: 3 Capillary answered without resending, 4 Capillary was never reach
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Final
+from enum import IntEnum
+from typing import Any
 
 from resender.errors import ResenderError
 
-EXIT_OK: Final = 0
-EXIT_NOT_FOUND: Final = 1
-EXIT_USAGE: Final = 2
-EXIT_NOT_RESENT: Final = 3
-EXIT_UNREACHED: Final = 4
-EXIT_INTERRUPTED: Final = 130
+
+class ExitCode(IntEnum):
+    OK = 0
+    NOT_FOUND = 1
+    USAGE = 2
+    NOT_RESENT = 3
+    UNREACHED = 4
+    INTERRUPTED = 130
 
 
 class OperatorError(ResenderError):

@@ -46,32 +46,33 @@ def decode_page_token(token: str) -> tuple[str, int]:
     return updated_at, message_id
 
 
-def list_outcomes(
-    store: OutcomeStore,
-    statuses: Sequence[Status],
-    *,
-    since: str | None = None,
-    limit: int = 20,
-    page_token: str | None = None,
-    org_id: int | None = None,
-) -> Page:
-    """Outcomes newest first (by ``updatedAt``, then ``messageId``), one page of ``limit``.
+@dataclass(frozen=True, slots=True)
+class Query:
+    """Which outcomes to list: of these statuses, updated since ``since``, of ``org_id``, ``limit`` a page."""
+
+    statuses: Sequence[Status]
+    since: str | None = None
+    limit: int = 20
+    org_id: int | None = None
+
+
+def list_outcomes(store: OutcomeStore, query: Query, page_token: str | None = None) -> Page:
+    """Outcomes newest first (by ``updatedAt``, then ``messageId``), one page of ``query.limit``.
 
     Each status is one partition of the ``byStatus`` index, already sorted by time; the page merges them.
     The page token is the position of the last item shown, not a DynamoDB key, because one page spans
     several partitions. Reading ``limit + 1`` items per status tells whether another page exists.
-    ``org_id`` keeps only the outcomes recorded for that org (the item's ``orgId``).
     """
     cursor = decode_page_token(page_token) if page_token else None
-    wanted = limit + 1
+    wanted = query.limit + 1
     candidates: list[dict[str, Any]] = []
-    for status in statuses:
+    for status in query.statuses:
         taken: list[dict[str, Any]] = []
-        for item in _newest_first(store, status, since, cursor[0] if cursor else None, wanted):
+        for item in _newest_first(store, status, query.since, cursor[0] if cursor else None, wanted):
             if "status" not in item or not _before(item, cursor):
                 continue
             # The index has no org key: other orgs' items are read and passed over, pages stay full.
-            if org_id is not None and item.get("orgId") != org_id:
+            if query.org_id is not None and item.get("orgId") != query.org_id:
                 continue
             # Items sharing one updatedAt come in no particular order, so a tie is read to its end.
             if len(taken) >= wanted and item["updatedAt"] != taken[-1]["updatedAt"]:
@@ -79,26 +80,16 @@ def list_outcomes(
             taken.append(item)
         candidates.extend(taken)
     candidates.sort(key=_order, reverse=True)
-    page = candidates[:limit]
-    more = len(candidates) > limit
+    page = candidates[: query.limit]
+    more = len(candidates) > query.limit
     return Page(page, encode_page_token(page[-1]) if more and page else None)
 
 
-def list_all(
-    store: OutcomeStore,
-    statuses: Sequence[Status],
-    *,
-    since: str | None = None,
-    limit: int = 20,
-    page_token: str | None = None,
-    org_id: int | None = None,
-) -> Page:
-    """Every page from ``page_token`` on, read ``limit`` at a time, as one page."""
-    page = list_outcomes(store, statuses, since=since, limit=limit, page_token=page_token, org_id=org_id)
+def list_all(store: OutcomeStore, query: Query, page_token: str | None = None) -> Page:
+    """Every page from ``page_token`` on, read ``query.limit`` at a time, as one page."""
+    page = list_outcomes(store, query, page_token)
     while page.next_page_token:
-        following = list_outcomes(
-            store, statuses, since=since, limit=limit, page_token=page.next_page_token, org_id=org_id
-        )
+        following = list_outcomes(store, query, page.next_page_token)
         page = Page([*page.items, *following.items], following.next_page_token)
     return page
 

@@ -12,7 +12,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Final
 
-from resender.cli.errors import EXIT_INTERRUPTED, EXIT_NOT_FOUND, EXIT_USAGE
+from resender.cli.errors import ExitCode
 from resender.cli.parser import build_parser
 
 #: Subcommands that run the local stack, and so need the ``local`` extra (moto) besides the ``cli`` one.
@@ -43,7 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NotFoundError as error:
         if getattr(args, "json", False):
             print_json(error.details)
-        return fail(str(error), EXIT_NOT_FOUND)
+        return fail(str(error), ExitCode.NOT_FOUND)
     except ConfigurationError as error:
         return fail(f"configuration error: {error}")
     except (StoreError, QueueError) as error:
@@ -55,7 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, ValueError) as error:
         return fail(str(error))
     except KeyboardInterrupt:
-        return fail("interrupted", EXIT_INTERRUPTED)
+        return fail("interrupted", ExitCode.INTERRUPTED)
 
 
 def _aimed_at(context: object, args: argparse.Namespace, error: Exception) -> str:
@@ -66,7 +66,7 @@ def _aimed_at(context: object, args: argparse.Namespace, error: Exception) -> st
     return chosen.aws_context(error)
 
 
-def fail(message: str, code: int = EXIT_USAGE) -> int:
+def fail(message: str, code: int = ExitCode.USAGE) -> int:
     print(f"resender: {' '.join(message.split())}", file=sys.stderr)
     return code
 

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final, NoReturn
 
-from resender.cli.errors import EXIT_USAGE
+from resender.cli.errors import ExitCode
 from resender.models import Status
 
 DESCRIPTION: Final = (
@@ -32,7 +32,7 @@ LIST_LIMIT_MAX: Final = 1000
 class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
-        raise SystemExit(EXIT_USAGE)
+        raise SystemExit(ExitCode.USAGE)
 
 
 # -- argument types ------------------------------------------------------------------------------------
@@ -152,19 +152,92 @@ def _queue_options() -> Parser:
     return options
 
 
-def _add_submit_parser(commands: Any, aws: Parser) -> None:
-    submit = commands.add_parser(
-        "submit",
-        parents=[aws],
-        help="publish failed messages from CSV, JSON Lines or a list of ids to the function's feed",
-        description="Read failed messages from each FILE (- for stdin) and from --ids, check every id as "
-        "the function does, fold duplicates, and publish one notification per distinct messageId (see "
-        "schema/failure-notification.schema.json) to the topic or queue, ten per request. Bad lines are "
-        "reported with their file and line and never published. A rerun is safe: the function claims "
-        "each messageId before resending, so a notification published twice causes one resend. Exit 0 "
-        "when every valid id was published and none was invalid, 1 when some input was invalid (the "
-        "valid ones are still published), 2 for usage, configuration or AWS errors.",
+#: Each subcommand's line in the top-level help, and the description its own --help opens with.
+TEXTS: Final[dict[str, tuple[str, str]]] = {
+    "status": (
+        "the outcome of one messageId and its resend chain",
+        (
+            "Show the outcome recorded for MESSAGE_ID: status, attempts, resentMessageId, orgId, Capillary"
+            " request id, error, times, and the resend chain (what it was a resend of, what its resend "
+            "became). Exit 1 if no outcome is recorded."
+        ),
+    ),
+    "list": (
+        "recent outcomes, newest first",
+        "List outcomes newest first (by updatedAt), a page at a time, from the table's byStatus index.",
+    ),
+    "invoke": (
+        "run the Lambda handler on sam-local-invoke style event files, without a container",
+        (
+            "Run the real handler on each EVENT_FILE, as `sam local invoke` does but without Docker, "
+            "against the configured AWS (real or emulated); print the batch response and the outcome "
+            "recorded for each record. Envelope times (SQS SentTimestamp, SNS Timestamp) are set to now, "
+            "as if just delivered, so the resend policy's age rule reads only a payload's own failedAt. "
+            "Exit 1 if an invocation raised."
+        ),
+    ),
+    "redrive": (
+        "move messages from the dead-letter queue back to the source queue",
+        (
+            "Move messages from the DLQ back to the source queue, body and attributes unchanged. Each "
+            "message is sent to the source queue first and deleted from the DLQ second, so an interrupted "
+            "run loses nothing: at worst a message is in both queues, and the outcomes table turns its "
+            "second delivery into an acknowledged duplicate, never a second resend. Rerun to finish. "
+            "Poison messages (with a poisonReason attribute) stay in the DLQ unless --include-poison."
+        ),
+    ),
+    "resend": (
+        "resend one messageId by hand, through the same claim protocol",
+        (
+            "Resend MESSAGE_ID through the function's claim protocol and record the outcome. Refused (exit"
+            " 2) when it is already RESENT, UNCERTAIN or otherwise settled, or being resent right now, "
+            "unless --force; a forced resend is recorded on the item (forced, forcedFrom, forcedBy, "
+            "forcedAt). Needs the function's settings: OUTCOMES_TABLE, CAPILLARY_SECRET_ID, "
+            "CAPILLARY_BASE_URL. Exit 0 only when it was resent; 3 when Capillary answered without "
+            "resending (NOT_FOUND, REJECTED, UNCERTAIN, or not now); 4 when Capillary was never reached "
+            "(the secret, the network or the circuit breaker), so nothing was sent; 2 when refused."
+        ),
+    ),
+    "submit": (
+        "publish failed messages from CSV, JSON Lines or a list of ids to the function's feed",
+        (
+            "Read failed messages from each FILE (- for stdin) and from --ids, check every id as the "
+            "function does, fold duplicates, and publish one notification per distinct messageId (see "
+            "schema/failure-notification.schema.json) to the topic or queue, ten per request. Bad lines "
+            "are reported with their file and line and never published. A rerun is safe: the function "
+            "claims each messageId before resending, so a notification published twice causes one resend. "
+            "Exit 0 when every valid id was published and none was invalid, 1 when some input was invalid "
+            "(the valid ones are still published), 2 for usage, configuration or AWS errors."
+        ),
+    ),
+    "demo": (
+        "run every sample event against emulated AWS and a Capillary stub (make demo)",
+        (
+            "What make demo runs: every event file through the real handler against emulated AWS and a "
+            "local Capillary stub, then a replay of every file to show no second resend."
+        ),
+    ),
+    "local": (
+        "the local stack: emulated AWS and the Capillary stub, in one command",
+        (
+            "Local runs without an AWS account. `resender local up` starts the emulated AWS and the "
+            "Capillary stub on loopback ports, creates the table, queues and secret as template.yaml does,"
+            " prints the URLs and the exact environment to use, and serves until Ctrl-C."
+        ),
+    ),
+}
+
+
+def _subcommand(commands: Any, name: str, *parents: Parser) -> Parser:
+    summary, description = TEXTS[name]
+    subcommand: Parser = commands.add_parser(
+        name, parents=list(parents), help=summary, description=description
     )
+    return subcommand
+
+
+def _add_submit_parser(commands: Any, aws: Parser) -> None:
+    submit = _subcommand(commands, "submit", aws)
     submit.add_argument("files", nargs="*", metavar="FILE", help="input files; - reads stdin")
     submit.add_argument("--ids", nargs="+", default=[], metavar="ID", help="message ids given inline")
     submit.add_argument(
@@ -197,23 +270,10 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser, metavar="COMMAND")
     aws, table, queues = _aws_options(), _table_option(), _queue_options()
 
-    status = commands.add_parser(
-        "status",
-        parents=[table, aws],
-        help="the outcome of one messageId and its resend chain",
-        description="Show the outcome recorded for MESSAGE_ID: status, attempts, resentMessageId, orgId, "
-        "Capillary request id, error, times, and the resend chain (what it was a resend of, what its "
-        "resend became). Exit 1 if no outcome is recorded.",
-    )
+    status = _subcommand(commands, "status", table, aws)
     status.add_argument("message_id", type=_message_id, metavar="MESSAGE_ID")
 
-    listing = commands.add_parser(
-        "list",
-        parents=[table, aws],
-        help="recent outcomes, newest first",
-        description="List outcomes newest first (by updatedAt), a page at a time, from the table's "
-        "byStatus index.",
-    )
+    listing = _subcommand(commands, "list", table, aws)
     listing.add_argument("--status", type=_status, help=f"only this status ({', '.join(Status)})")
     listing.add_argument(
         "--since", type=_since, help="only outcomes updated since: 30m, 1h, 2d, 1w or an ISO 8601 time"
@@ -232,16 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="page through every matching outcome (pages of --limit) and print them all",
     )
 
-    invoke = commands.add_parser(
-        "invoke",
-        parents=[table, aws],
-        help="run the Lambda handler on sam-local-invoke style event files, without a container",
-        description="Run the real handler on each EVENT_FILE, as `sam local invoke` does but without "
-        "Docker, against the configured AWS (real or emulated); print the batch response and the "
-        "outcome recorded for each record. Envelope times (SQS SentTimestamp, SNS Timestamp) are set to "
-        "now, as if just delivered, so the resend policy's age rule reads only a payload's own failedAt. "
-        "Exit 1 if an invocation raised.",
-    )
+    invoke = _subcommand(commands, "invoke", table, aws)
     invoke.add_argument("event_files", nargs="+", type=Path, metavar="EVENT_FILE")
     invoke.add_argument(
         "--local",
@@ -257,17 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(required without a terminal)",
     )
 
-    redrive = commands.add_parser(
-        "redrive",
-        parents=[queues, aws],
-        help="move messages from the dead-letter queue back to the source queue",
-        description="Move messages from the DLQ back to the source queue, body and attributes unchanged. "
-        "Each message is sent to the source queue first and deleted from the DLQ second, so an "
-        "interrupted run loses nothing: at worst a message is in both queues, and the outcomes table "
-        "turns its second delivery into an acknowledged duplicate, never a second resend. Rerun to "
-        "finish. Poison messages (with a poisonReason attribute) stay in the DLQ unless "
-        "--include-poison.",
-    )
+    redrive = _subcommand(commands, "redrive", queues, aws)
     redrive.add_argument("--dry-run", action="store_true", help="count what would move; move nothing")
     redrive.add_argument("--max", type=_bounded(1), metavar="N", help="move at most N messages")
     redrive.add_argument(
@@ -277,18 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     progress_option(redrive)
 
-    resend = commands.add_parser(
-        "resend",
-        parents=[table, aws],
-        help="resend one messageId by hand, through the same claim protocol",
-        description="Resend MESSAGE_ID through the function's claim protocol and record the outcome. "
-        "Refused (exit 2) when it is already RESENT, UNCERTAIN or otherwise settled, or being resent "
-        "right now, unless --force; a forced resend is recorded on the item (forced, forcedFrom, "
-        "forcedBy, forcedAt). Needs the function's settings: OUTCOMES_TABLE, CAPILLARY_SECRET_ID, "
-        "CAPILLARY_BASE_URL. Exit 0 only when it was resent; 3 when Capillary answered without "
-        "resending (NOT_FOUND, REJECTED, UNCERTAIN, or not now); 4 when Capillary was never reached "
-        "(the secret, the network or the circuit breaker), so nothing was sent; 2 when refused.",
-    )
+    resend = _subcommand(commands, "resend", table, aws)
     resend.add_argument("message_id", type=_message_id, metavar="MESSAGE_ID")
     resend.add_argument(
         "--force",
@@ -311,12 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_submit_parser(commands, aws)
 
-    demo = commands.add_parser(
-        "demo",
-        help="run every sample event against emulated AWS and a Capillary stub (make demo)",
-        description="What make demo runs: every event file through the real handler against emulated AWS "
-        "and a local Capillary stub, then a replay of every file to show no second resend.",
-    )
+    demo = _subcommand(commands, "demo")
     demo.add_argument(
         "--events", type=Path, default=Path("events"), help="folder of event files (default: events)"
     )
@@ -327,13 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="then run each operator subcommand once against a fresh emulated stack (default: yes)",
     )
     verbose_option(demo)
-    local = commands.add_parser(
-        "local",
-        help="the local stack: emulated AWS and the Capillary stub, in one command",
-        description="Local runs without an AWS account. `resender local up` starts the emulated AWS and "
-        "the Capillary stub on loopback ports, creates the table, queues and secret as template.yaml "
-        "does, prints the URLs and the exact environment to use, and serves until Ctrl-C.",
-    )
+    local = _subcommand(commands, "local")
     local_commands = local.add_subparsers(dest="local_command", required=True, metavar="ACTION")
     up = local_commands.add_parser("up", help="start and provision the local stack, then serve")
     up.add_argument("--aws-port", type=_bounded(0, 65535), default=5000, help="emulated AWS port (5000)")

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from resender.cli.context import TABLE_ENV
-from resender.cli.errors import EXIT_NOT_RESENT, EXIT_OK, EXIT_UNREACHED, OperatorError, RefusedError
+from resender.cli.errors import ExitCode, OperatorError, RefusedError
 from resender.cli.rendering import public
 from resender.cli.status import int_or_none
 from resender.events import Delivery
@@ -53,8 +53,8 @@ class ResendReport:
     def exit_code(self) -> int:
         """0 only for a resend; 3 when Capillary answered without resending; 4 when it was never reached."""
         if self.status == Status.RESENT:
-            return EXIT_OK
-        return EXIT_NOT_RESENT if self.reached_capillary else EXIT_UNREACHED
+            return ExitCode.OK
+        return ExitCode.NOT_RESENT if self.reached_capillary else ExitCode.UNREACHED
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -80,7 +80,7 @@ class ResendReport:
 
     def advice(self) -> str | None:
         """What to do next when nothing was resent and trying again can help."""
-        if self.exit_code == EXIT_UNREACHED:
+        if self.exit_code == ExitCode.UNREACHED:
             return (
                 f"Capillary was not reached, so nothing was sent; fix the cause above, then run "
                 f"resender resend {self.message_id} again."
