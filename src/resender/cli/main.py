@@ -10,10 +10,13 @@ import logging
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from resender.cli.errors import ExitCode
 from resender.cli.parser import build_parser
+
+if TYPE_CHECKING:
+    from resender.cli.context import Context
 
 #: Subcommands that run the local stack, and so need the ``local`` extra (moto) besides the ``cli`` one.
 LOCAL_COMMANDS: Final = frozenset({"demo", "local"})
@@ -58,12 +61,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fail("interrupted", ExitCode.INTERRUPTED)
 
 
-def _aimed_at(context: object, args: argparse.Namespace, error: Exception) -> str:
+def _aimed_at(context: Context | None, args: argparse.Namespace, error: Exception) -> str:
     from resender.cli.context import Context
 
-    # Reading the stack itself may be what failed: then the plain environment is what was aimed at.
-    chosen = context if isinstance(context, Context) else Context(args, {})
-    return chosen.aws_context(error)
+    # Reading the stack itself may be what failed: then no stack values were read to name.
+    return (context or Context(args, {})).aws_context(error)
 
 
 def fail(message: str, code: int = ExitCode.USAGE) -> int:
