@@ -23,11 +23,11 @@ import boto3
 
 from bench import counting
 from bench.workload import Context, IdAllocator
+from resender.cli.submit import Notification, QueuePublisher, publish
 from resender.events import Delivery, Notice
 from resender.local.runner import LocalStack, local_stack
 from resender.policy import ResendPolicy
 from resender.settings import DEFAULT_SKIP_REASONS
-from resender.submit import Notification, QueuePublisher, publish
 
 BATCH = 10
 

@@ -6,7 +6,7 @@ import threading
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
@@ -25,6 +25,9 @@ from resender.queues import Queues
 from resender.settings import ConfigurationRefusedError, Settings, StartupCheck
 from resender.store import OutcomeStore
 
+if TYPE_CHECKING:
+    import botocore.session
+
 
 class RetryableFailureError(ResenderError, RuntimeError):
     """Raised for a direct SNS invocation whose record should be retried by Lambda's async retries."""
@@ -40,9 +43,22 @@ class Container:
     startup: StartupCheck
 
 
-def build_container(settings: Settings | None = None) -> Container:
+def build_container(
+    settings: Settings | None = None,
+    *,
+    session: botocore.session.Session | None = None,
+    region: str | None = None,
+    endpoint_url: str | None = None,
+) -> Container:
+    """The function's wiring; ``session``, ``region`` and ``endpoint_url`` choose the AWS it talks to.
+
+    Lambda passes none of them (the environment decides); the operator tool passes its own, so it wires
+    the same container for the table, region, endpoint and profile it was pointed at.
+    """
     settings = settings or Settings.from_env()
-    clients = AwsClients(pool_size=settings.resend_concurrency)
+    clients = AwsClients(
+        pool_size=settings.resend_concurrency, session=session, region=region, endpoint_url=endpoint_url
+    )
     credentials = CredentialsProvider(
         clients.secretsmanager, settings.capillary_secret_id, settings.secret_max_age_seconds
     )

@@ -40,13 +40,30 @@ def region_from_environment() -> str | None:
 
 
 class AwsClients:
-    def __init__(self, pool_size: int = 10, session: botocore.session.Session | None = None) -> None:
+    """The function's clients, from ``session`` (default: botocore's, configured by the environment).
+
+    The operator tool passes a session of its own, with the region and endpoint it was pointed at, so it
+    builds the function's wiring without changing the process environment. Unset, ``region`` is
+    ``AWS_REGION`` (see :func:`region_from_environment`) and the endpoint is the SDK's own choice.
+    """
+
+    def __init__(
+        self,
+        pool_size: int = 10,
+        session: botocore.session.Session | None = None,
+        *,
+        region: str | None = None,
+        endpoint_url: str | None = None,
+    ) -> None:
         self._session = session or botocore.session.get_session()
-        self._region = region_from_environment()
+        self._region = region or region_from_environment()
+        self._endpoint_url = endpoint_url or None
         config = client_config(pool_size)
         self.dynamodb: DynamoDBClient = self._client("dynamodb", config)
         self.secretsmanager: SecretsManagerClient = self._client("secretsmanager", config)
         self.sqs: SQSClient = self._client("sqs", config)
 
     def _client(self, service: str, config: Config) -> Any:
-        return self._session.create_client(service, region_name=self._region, config=config)
+        return self._session.create_client(
+            service, region_name=self._region, endpoint_url=self._endpoint_url, config=config
+        )

@@ -553,18 +553,13 @@ class Resender:
         report.reason = reason
         report.metrics.append(Metric(_STATUS_METRIC[outcome.status]))
         report.retry = outcome.status is Status.RETRYING
-        for attempt in range(1, RECORD_ATTEMPTS + 1):
-            try:
-                self._store.record(claim, outcome)
-                return report
-            except ClaimLostError:
-                _log_safely("error", "claim was settled by another delivery before this outcome was written")
-                report.retry = False
-                return report
-            except StoreError as error:
-                if attempt == RECORD_ATTEMPTS:
-                    return self._unrecorded(report, outcome, str(error))
-                time.sleep(0.05 * 2**attempt)
+        try:
+            record_settled(self._store, claim, outcome)
+        except ClaimLostError:
+            _log_safely("error", "claim was settled by another delivery before this outcome was written")
+            report.retry = False
+        except StoreError as error:
+            return self._unrecorded(report, outcome, str(error))
         return report
 
     def _unrecorded(self, report: RecordReport, outcome: Outcome, error: str) -> RecordReport:
@@ -683,6 +678,24 @@ class Resender:
             logger.warning("resend outcome", extra=fields)
         else:
             logger.info("resend outcome", extra=fields)
+
+
+def record_settled(store: Store, claim: Claim, outcome: Outcome, attempts: int = RECORD_ATTEMPTS) -> None:
+    """Write the outcome Capillary gave, trying ``attempts`` times with a growing pause.
+
+    Capillary has answered by now, so a throttled write is worth a few tries. A lost claim is not retried:
+    someone else settled the item, and writing again cannot change that. The last StoreError is raised.
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            store.record(claim, outcome)
+            return
+        except ClaimLostError:
+            raise
+        except StoreError:
+            if attempt == attempts:
+                raise
+            time.sleep(0.05 * 2**attempt)
 
 
 def credible_outcome(outcome: Outcome, message_id: int) -> Outcome:

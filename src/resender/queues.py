@@ -1,12 +1,18 @@
-"""SQS: where poison records are kept, and how long a retried record waits before it comes back."""
+"""SQS: where poison records are kept, how long a retried record waits, and how a DLQ is moved back.
+
+:class:`Queues` is the function's side: every AWS failure becomes a :class:`QueueError`. The functions under
+"redrive" are the operator tool's: they let botocore's errors through unchanged, because the tool words
+them with the queue, region and endpoint it was aimed at.
+"""
 
 from __future__ import annotations
 
 import json
 import math
 import threading
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Final
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import urlsplit
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -14,6 +20,7 @@ from resender.errors import ResenderError
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
+    from mypy_boto3_sqs.type_defs import ChangeMessageVisibilityBatchRequestEntryTypeDef, MessageTypeDef
 
 #: Message attribute that carries why a record was set aside (operators and ``resender redrive`` read it).
 POISON_REASON_ATTRIBUTE: Final = "poisonReason"
@@ -157,9 +164,8 @@ class Queues:
         parts = queue_arn.split(":")
         if len(parts) != 6 or parts[2] != "sqs":
             raise QueueError("the record's event source is not an SQS queue ARN")
-        account, name = parts[4], parts[5]
         try:
-            url = self._client.get_queue_url(QueueName=name, QueueOwnerAWSAccountId=account).get("QueueUrl")
+            url = url_of_arn(self._client, queue_arn)
         except (ClientError, BotoCoreError) as error:
             raise QueueError(f"looking up the queue URL failed ({_name(error)})") from None
         if not url:
@@ -167,6 +173,111 @@ class Queues:
         with self._lock:
             self._urls[queue_arn] = url
         return url
+
+
+def url_of_arn(client: SQSClient, queue_arn: str) -> str | None:
+    """The URL of the queue an ARN (``arn:aws:sqs:<region>:<account>:<name>``) names, as SQS answers it."""
+    _, _, _, _, account, name = queue_arn.split(":")
+    return client.get_queue_url(QueueName=name, QueueOwnerAWSAccountId=account).get("QueueUrl")
+
+
+# -- redrive (the operator tool) --------------------------------------------------------------------------
+
+#: SQS takes at most ten entries in a batch call and returns at most ten messages per receive.
+SQS_BATCH_SIZE: Final = 10
+# SQS's short poll samples a subset of its servers and may answer empty while messages wait; a few long
+# polls settle whether the queue is really empty.
+_EMPTY_RECEIVE_CONFIRMATIONS: Final = 2
+_LONG_POLL_SECONDS: Final = 2
+
+
+def same_queue(first_url: str, second_url: str) -> bool:
+    """Do two SQS queue URLs name one queue? Their path (account, name) does; the host has several forms."""
+    return _queue_path(first_url) == _queue_path(second_url)
+
+
+def _queue_path(url: str) -> str:
+    return urlsplit(url.strip()).path.rstrip("/")
+
+
+def redrive_policy(client: SQSClient, queue_url: str) -> str | None:
+    """The queue's ``RedrivePolicy`` attribute as SQS returns it (a JSON string), if it has one."""
+    answer = client.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["RedrivePolicy"])
+    # SQS leaves "Attributes" out entirely when none of those asked for is set.
+    return (answer.get("Attributes") or {}).get("RedrivePolicy")
+
+
+def dead_letter_sources(client: SQSClient, dead_letter_queue_url: str) -> list[str]:
+    """The queues whose redrive policy targets this dead-letter queue."""
+    return client.list_dead_letter_source_queues(QueueUrl=dead_letter_queue_url).get("queueUrls", [])
+
+
+def visible_count(client: SQSClient, queue_url: str) -> int:
+    """SQS's approximate count of the messages a receive could return now."""
+    attributes = client.get_queue_attributes(
+        QueueUrl=queue_url, AttributeNames=["ApproximateNumberOfMessages"]
+    )["Attributes"]
+    return int(attributes.get("ApproximateNumberOfMessages", "0"))
+
+
+def receive(client: SQSClient, queue_url: str, wanted: int, visibility_seconds: int) -> list[MessageTypeDef]:
+    """Up to ``wanted`` messages with their attributes, hidden for ``visibility_seconds``; [] when empty."""
+    for attempt in range(_EMPTY_RECEIVE_CONFIRMATIONS + 1):
+        messages = client.receive_message(
+            QueueUrl=queue_url,
+            MaxNumberOfMessages=wanted,
+            MessageAttributeNames=["All"],
+            MessageSystemAttributeNames=["MessageGroupId"],
+            VisibilityTimeout=visibility_seconds,
+            WaitTimeSeconds=0 if attempt == 0 else _LONG_POLL_SECONDS,
+        ).get("Messages", [])
+        if messages or visible_count(client, queue_url) == 0:
+            return messages
+    return []
+
+
+def move(client: SQSClient, message: MessageTypeDef, to_url: str, from_url: str) -> None:
+    """Send a copy of ``message`` to ``to_url`` first, delete it from ``from_url`` second.
+
+    The order is what makes an interruption safe: at worst the message is in both queues, never in none.
+    """
+    request: dict[str, Any] = {"QueueUrl": to_url, "MessageBody": message["Body"]}
+    attributes = _sendable_attributes(message.get("MessageAttributes", {}))
+    if attributes:
+        request["MessageAttributes"] = attributes
+    if to_url.endswith(".fifo"):
+        request["MessageGroupId"] = message.get("Attributes", {}).get("MessageGroupId", "redrive")
+        # The DLQ message id is stable across reruns, so SQS drops a copy resent within its 5-minute window.
+        request["MessageDeduplicationId"] = message["MessageId"]
+    client.send_message(**request)
+    client.delete_message(QueueUrl=from_url, ReceiptHandle=message["ReceiptHandle"])
+
+
+def _sendable_attributes(attributes: Mapping[str, Any]) -> dict[str, Any]:
+    # ReceiveMessage may add list fields SendMessage does not accept; only type and value carry meaning.
+    sendable: dict[str, Any] = {}
+    for name, value in attributes.items():
+        copy = {"DataType": value["DataType"]}
+        for key in ("StringValue", "BinaryValue"):
+            if key in value:
+                copy[key] = value[key]
+        sendable[name] = copy
+    return sendable
+
+
+def release(client: SQSClient, queue_url: str, receipt_handles: Iterable[str]) -> None:
+    """Make received messages visible again now, rather than when their visibility timeout runs out."""
+    handles = list(receipt_handles)
+    for start in range(0, len(handles), SQS_BATCH_SIZE):
+        entries: list[ChangeMessageVisibilityBatchRequestEntryTypeDef] = [
+            {"Id": str(index), "ReceiptHandle": handle, "VisibilityTimeout": 0}
+            for index, handle in enumerate(handles[start : start + SQS_BATCH_SIZE])
+        ]
+        try:
+            client.change_message_visibility_batch(QueueUrl=queue_url, Entries=entries)
+        except (BotoCoreError, ClientError):
+            # They come back on their own when the visibility timeout ends; nothing is lost either way.
+            return
 
 
 def _name(error: Exception) -> str:

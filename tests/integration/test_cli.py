@@ -11,7 +11,6 @@ import threading
 import time
 import zipfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,30 +21,26 @@ import pytest
 import requests
 from botocore.exceptions import EndpointConnectionError
 
-from resender import app, cli
+from resender import app
+from resender.cli.rendering import parse_since
+from resender.cli.target import AwsTarget
 from resender.local.aws import LocalResources, MotoServer
 from resender.local.runner import DOCUMENTED_NOT_FOUND_ID
-from resender.local.stub import ORG_ID, Behaviour
+from resender.local.runner import sqs_event as event_of_messages
+from resender.local.stub import ORG_ID, Behaviour, CapillaryStub
 from resender.models import Status
 from resender.observability import logger as resender_logger
-from resender.operations import AwsTarget, parse_since
 from resender.queues import POISON_REASON_ATTRIBUTE
 from resender.store import OutcomeStore
 from tests.builders import failure, sns_event, sqs_event, sqs_record
+from tests.integration.cli_runs import Run, RunCommand, run_command
 
 EVENTS = Path(__file__).resolve().parents[2] / "events"
 ID = 1746061653596
 SUBCOMMANDS = ("status", "list", "invoke", "redrive", "resend", "submit", "demo", "local")
 
 
-@dataclass(frozen=True)
-class Run:
-    code: int
-    out: str
-    err: str
-
-    def json(self) -> Any:
-        return json.loads(self.out)
+Invoke = Callable[..., dict[str, Any]]
 
 
 @pytest.fixture(autouse=True)
@@ -81,15 +76,9 @@ def _keep_log_level() -> Iterator[None]:
 
 
 @pytest.fixture
-def run(capsys: pytest.CaptureFixture[str]) -> Callable[..., Run]:
+def run(capsys: pytest.CaptureFixture[str]) -> RunCommand:
     def call(*argv: str) -> Run:
-        capsys.readouterr()
-        try:
-            code = cli.main(list(argv))
-        except SystemExit as stop:  # --help and usage errors end inside argparse
-            code = int(stop.code or 0)
-        captured = capsys.readouterr()
-        return Run(code, captured.out, captured.err)
+        return run_command(capsys, argv)
 
     return call
 
@@ -162,21 +151,7 @@ def consume(resources: LocalResources, invoke: Callable[..., dict[str, Any]]) ->
     messages = drain(resources, resources.queue_url)
     if not messages:
         return []
-    records = [
-        {
-            "messageId": message["MessageId"],
-            "receiptHandle": message["ReceiptHandle"],
-            "body": message["Body"],
-            "attributes": message.get("Attributes", {}),
-            "messageAttributes": {},
-            "md5OfBody": message["MD5OfBody"],
-            "eventSource": "aws:sqs",
-            "eventSourceARN": resources.queue_arn,
-            "awsRegion": "us-east-1",
-        }
-        for message in messages
-    ]
-    response = invoke({"Records": records})
+    response = invoke(event_of_messages(messages, resources.queue_arn))
     retried = {failure["itemIdentifier"] for failure in response["batchItemFailures"]}
     client = sqs(resources)
     for message in messages:
@@ -193,7 +168,7 @@ def message_id_of(message: dict[str, Any]) -> int:
 
 
 @pytest.mark.parametrize("command", SUBCOMMANDS)
-def test_every_subcommand_has_help(run, command) -> None:
+def test_every_subcommand_has_help(run: RunCommand, command: str) -> None:
     result = run(command, "--help")
 
     assert result.code == 0
@@ -204,7 +179,7 @@ def test_every_subcommand_has_help(run, command) -> None:
     assert all(line.strip().startswith(f"resender {command}") for line in examples if line.strip())
 
 
-def test_top_level_help_lists_every_subcommand(run) -> None:
+def test_top_level_help_lists_every_subcommand(run: RunCommand) -> None:
     result = run("--help")
 
     assert result.code == 0
@@ -231,14 +206,16 @@ def test_top_level_help_lists_every_subcommand(run) -> None:
         pytest.param(["invoke"], id="invoke-without-file"),
     ],
 )
-def test_bad_arguments_exit_2_with_one_line(run, argv) -> None:
+def test_bad_arguments_exit_2_with_one_line(run: RunCommand, argv: list[str]) -> None:
     result = run(*argv)
 
     assert_one_line_error(result, 2)
     assert result.out == ""
 
 
-def test_missing_table_name_is_a_configuration_error(run, monkeypatch) -> None:
+def test_missing_table_name_is_a_configuration_error(
+    run: RunCommand, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("OUTCOMES_TABLE", raising=False)
 
     result = run("status", str(ID))
@@ -247,7 +224,9 @@ def test_missing_table_name_is_a_configuration_error(run, monkeypatch) -> None:
     assert "OUTCOMES_TABLE" in result.err
 
 
-def test_a_table_that_does_not_exist_is_one_line_not_a_traceback(run, local_aws) -> None:
+def test_a_table_that_does_not_exist_is_one_line_not_a_traceback(
+    run: RunCommand, local_aws: LocalResources
+) -> None:
     result = run("status", str(ID), "--table", "no-such-table")
 
     assert_one_line_error(result, 2)
@@ -257,7 +236,7 @@ def test_a_table_that_does_not_exist_is_one_line_not_a_traceback(run, local_aws)
     assert f"endpoint {local_aws.endpoint_url}" in result.err
 
 
-def test_an_unreachable_endpoint_is_named(run, monkeypatch) -> None:
+def test_an_unreachable_endpoint_is_named(run: RunCommand, monkeypatch: pytest.MonkeyPatch) -> None:
     with socket.socket() as closed:
         closed.bind(("127.0.0.1", 0))
         port = closed.getsockname()[1]
@@ -269,7 +248,9 @@ def test_an_unreachable_endpoint_is_named(run, monkeypatch) -> None:
     assert "table outcomes" in result.err
 
 
-def test_missing_credentials_get_the_aws_cli_hint(run, monkeypatch, tmp_path) -> None:
+def test_missing_credentials_get_the_aws_cli_hint(
+    run: RunCommand, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
@@ -283,14 +264,16 @@ def test_missing_credentials_get_the_aws_cli_hint(run, monkeypatch, tmp_path) ->
     assert "region eu-west-1" in result.err
 
 
-def test_an_unknown_profile_is_a_configuration_error(run) -> None:
+def test_an_unknown_profile_is_a_configuration_error(run: RunCommand) -> None:
     result = run("list", "--table", "outcomes", "--profile", "no-such-profile")
 
     assert_one_line_error(result, 2)
     assert "no-such-profile" in result.err
 
 
-def test_endpoint_option_wins_over_the_environment(run, local_aws, monkeypatch) -> None:
+def test_endpoint_option_wins_over_the_environment(
+    run: RunCommand, local_aws: LocalResources, monkeypatch: pytest.MonkeyPatch
+) -> None:
     put_outcome(local_aws, ID, status="RESENT", attempts=1, updatedAt="2026-01-01T00:00:00.000Z")
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens there
 
@@ -300,7 +283,7 @@ def test_endpoint_option_wins_over_the_environment(run, local_aws, monkeypatch) 
     assert "RESENT" in result.out
 
 
-def test_region_is_resolved_as_the_aws_cli_does(monkeypatch) -> None:
+def test_region_is_resolved_as_the_aws_cli_does(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)
     monkeypatch.setenv("AWS_REGION", "eu-west-1")
     assert AwsTarget().sqs().meta.region_name == "eu-west-1"
@@ -313,7 +296,12 @@ def test_region_is_resolved_as_the_aws_cli_does(monkeypatch) -> None:
 @pytest.mark.parametrize("how", ["AWS_REGION", "AWS_DEFAULT_REGION", "--region"])
 @pytest.mark.parametrize("command", ["status", "list", "resend", "invoke"])
 def test_every_subcommand_resolves_the_region_the_same_way(
-    run, function_env, stub, monkeypatch, command, how
+    run: RunCommand,
+    function_env: dict[str, str],
+    stub: CapillaryStub,
+    monkeypatch: pytest.MonkeyPatch,
+    command: str,
+    how: str,
 ) -> None:
     monkeypatch.delenv("AWS_REGION", raising=False)
     monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)
@@ -381,7 +369,9 @@ def deploy_emulated_stack(local_aws: LocalResources, stack_name: str, base_url: 
     )
 
 
-def test_stack_name_reads_every_setting_from_the_stack(run, local_aws, stub, monkeypatch) -> None:
+def test_stack_name_reads_every_setting_from_the_stack(
+    run: RunCommand, local_aws: LocalResources, stub: CapillaryStub, monkeypatch: pytest.MonkeyPatch
+) -> None:
     for name in ("OUTCOMES_TABLE", "CAPILLARY_SECRET_ID", "CAPILLARY_BASE_URL", "DEAD_LETTER_QUEUE_URL"):
         monkeypatch.delenv(name, raising=False)
     deploy_emulated_stack(local_aws, "resender-staging", stub.base_url)
@@ -401,7 +391,9 @@ def test_stack_name_reads_every_setting_from_the_stack(run, local_aws, stub, mon
     assert redriven.json()["queueUrl"] == local_aws.queue_url
 
 
-def test_an_option_wins_over_the_stack(run, local_aws, stub, monkeypatch) -> None:
+def test_an_option_wins_over_the_stack(
+    run: RunCommand, local_aws: LocalResources, stub: CapillaryStub, monkeypatch: pytest.MonkeyPatch
+) -> None:
     deploy_emulated_stack(local_aws, "resender-prod", stub.base_url)
 
     result = run("list", "--stack-name", "resender-prod", "--table", "another-table")
@@ -410,7 +402,7 @@ def test_an_option_wins_over_the_stack(run, local_aws, stub, monkeypatch) -> Non
     assert "table another-table" in result.err
 
 
-def test_an_unknown_stack_is_one_line_naming_it(run, local_aws) -> None:
+def test_an_unknown_stack_is_one_line_naming_it(run: RunCommand, local_aws: LocalResources) -> None:
     result = run("list", "--stack-name", "no-such-stack")
 
     assert_one_line_error(result, 2)
@@ -421,7 +413,9 @@ def test_an_unknown_stack_is_one_line_naming_it(run, local_aws) -> None:
 # -- status --------------------------------------------------------------------------------------------
 
 
-def test_status_of_an_unknown_id_is_not_found(run, local_aws, monkeypatch) -> None:
+def test_status_of_an_unknown_id_is_not_found(
+    run: RunCommand, local_aws: LocalResources, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("OUTCOMES_TABLE", local_aws.table_name)
 
     result = run("status", str(ID))
@@ -431,7 +425,9 @@ def test_status_of_an_unknown_id_is_not_found(run, local_aws, monkeypatch) -> No
     assert result.out == ""
 
 
-def test_status_shows_the_outcome_and_the_chain_both_ways(run, invoke, stub) -> None:
+def test_status_shows_the_outcome_and_the_chain_both_ways(
+    run: RunCommand, invoke: Invoke, stub: CapillaryStub
+) -> None:
     invoke(sqs_event(failure(ID)))
     resent = stub.resend_calls[0].resent_message_id
     assert resent is not None
@@ -475,7 +471,7 @@ def test_status_shows_the_outcome_and_the_chain_both_ways(run, invoke, stub) -> 
     assert f"resendOf         {ID}" in text.out
 
 
-def test_status_text_shows_the_error_of_a_not_found(run, invoke) -> None:
+def test_status_text_shows_the_error_of_a_not_found(run: RunCommand, invoke: Invoke) -> None:
     invoke(sqs_event(failure(DOCUMENTED_NOT_FOUND_ID)))
 
     result = run("status", str(DOCUMENTED_NOT_FOUND_ID))
@@ -488,7 +484,7 @@ def test_status_text_shows_the_error_of_a_not_found(run, invoke) -> None:
 
 
 def test_status_shows_how_often_a_record_was_held_back_and_when_it_comes_next(
-    run, invoke, local_aws, monkeypatch
+    run: RunCommand, invoke: Invoke, local_aws: LocalResources, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     for name, value in {
         "PACING_TABLE": local_aws.pacing_table_name,
@@ -532,7 +528,7 @@ def listed(result: Run) -> list[int]:
     return [item["messageId"] for item in result.json()["items"]]
 
 
-def test_list_is_newest_first_across_statuses_and_filters(run, local_aws) -> None:
+def test_list_is_newest_first_across_statuses_and_filters(run: RunCommand, local_aws: LocalResources) -> None:
     seed_outcomes(local_aws)
     table = ("--table", local_aws.table_name)
 
@@ -547,7 +543,7 @@ def test_list_is_newest_first_across_statuses_and_filters(run, local_aws) -> Non
     assert listed(run("list", *table, "--since", "2026-01-01T01:00:03+01:00", "--json")) == [6, 5, 4, 3]
 
 
-def test_list_since_a_duration(run, local_aws) -> None:
+def test_list_since_a_duration(run: RunCommand, local_aws: LocalResources) -> None:
     put_outcome(local_aws, 1, status="RESENT", attempts=1, updatedAt=parse_since("3h"))
     put_outcome(local_aws, 2, status="RESENT", attempts=1, updatedAt=parse_since("5m"))
 
@@ -555,7 +551,7 @@ def test_list_since_a_duration(run, local_aws) -> None:
     assert listed(run("list", "--table", local_aws.table_name, "--since", "1d", "--json")) == [2, 1]
 
 
-def test_list_pages_through_everything_once(run, local_aws) -> None:
+def test_list_pages_through_everything_once(run: RunCommand, local_aws: LocalResources) -> None:
     assert "0 outcome(s)" in run("list", "--table", local_aws.table_name).out  # an empty table is no error
     seed_outcomes(local_aws)
     pages: list[list[int]] = []
@@ -590,7 +586,7 @@ def test_list_pages_through_everything_once(run, local_aws) -> None:
     assert listed(following) == [4, 3]
 
 
-def test_list_all_pages_through_everything(run, local_aws) -> None:
+def test_list_all_pages_through_everything(run: RunCommand, local_aws: LocalResources) -> None:
     seed_outcomes(local_aws)
 
     result = run("list", "--table", local_aws.table_name, "--limit", "2", "--all", "--json")
@@ -603,7 +599,9 @@ def test_list_all_pages_through_everything(run, local_aws) -> None:
     assert "more:" not in shown.out
 
 
-def test_list_pages_through_outcomes_that_share_a_timestamp(run, local_aws) -> None:
+def test_list_pages_through_outcomes_that_share_a_timestamp(
+    run: RunCommand, local_aws: LocalResources
+) -> None:
     for message_id in range(100, 107):
         put_outcome(local_aws, message_id, status="RESENT", attempts=1, updatedAt="2026-01-01T00:00:00.000Z")
     seen: list[int] = []
@@ -619,7 +617,7 @@ def test_list_pages_through_outcomes_that_share_a_timestamp(run, local_aws) -> N
     assert seen == list(range(106, 99, -1))
 
 
-def test_list_rejects_a_forged_page_token(run, local_aws) -> None:
+def test_list_rejects_a_forged_page_token(run: RunCommand, local_aws: LocalResources) -> None:
     result = run("list", "--table", local_aws.table_name, "--page-token", "not-a-token")
 
     assert_one_line_error(result, 2)
@@ -629,7 +627,9 @@ def test_list_rejects_a_forged_page_token(run, local_aws) -> None:
 # -- invoke --------------------------------------------------------------------------------------------
 
 
-def test_invoke_prints_the_batch_response_and_the_outcomes(run, function_env, stub, tmp_path) -> None:
+def test_invoke_prints_the_batch_response_and_the_outcomes(
+    run: RunCommand, function_env: dict[str, str], stub: CapillaryStub, tmp_path: Path
+) -> None:
     event_file = tmp_path / "event.json"
     event_file.write_text(json.dumps(sqs_event(failure(ID), "not json")))
 
@@ -654,7 +654,13 @@ def test_invoke_prints_the_batch_response_and_the_outcomes(run, function_env, st
     assert stub.resends_performed(ID) == 1
 
 
-def test_invoke_with_sam_env_vars_file(run, local_aws, stub, tmp_path, monkeypatch) -> None:
+def test_invoke_with_sam_env_vars_file(
+    run: RunCommand,
+    local_aws: LocalResources,
+    stub: CapillaryStub,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     for name in ("OUTCOMES_TABLE", "CAPILLARY_SECRET_ID", "CAPILLARY_BASE_URL"):
         monkeypatch.delenv(name, raising=False)
     env_file = tmp_path / "env.json"
@@ -668,7 +674,9 @@ def test_invoke_with_sam_env_vars_file(run, local_aws, stub, tmp_path, monkeypat
     assert result.json()["invocations"][0]["outcomes"][0]["status"] == "RESENT"
 
 
-def test_invoke_without_configuration_is_a_configuration_error(run, tmp_path, monkeypatch) -> None:
+def test_invoke_without_configuration_is_a_configuration_error(
+    run: RunCommand, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("CAPILLARY_BASE_URL", raising=False)
     event_file = tmp_path / "event.json"
     event_file.write_text(json.dumps(sqs_event(failure(ID))))
@@ -679,7 +687,9 @@ def test_invoke_without_configuration_is_a_configuration_error(run, tmp_path, mo
     assert "CAPILLARY" in result.err
 
 
-def test_a_failed_invocation_prints_no_outcome_it_did_not_produce(run, function_env, stub, tmp_path) -> None:
+def test_a_failed_invocation_prints_no_outcome_it_did_not_produce(
+    run: RunCommand, function_env: dict[str, str], stub: CapillaryStub, tmp_path: Path
+) -> None:
     resent = tmp_path / "resent.json"
     resent.write_text(json.dumps(sqs_event(failure(ID))))
     assert run("invoke", str(resent)).code == 0
@@ -698,7 +708,7 @@ def test_a_failed_invocation_prints_no_outcome_it_did_not_produce(run, function_
 
 
 def test_invoke_against_a_real_capillary_needs_yes_without_a_terminal(
-    run, function_env, stub, monkeypatch
+    run: RunCommand, function_env: dict[str, str], stub: CapillaryStub, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("CAPILLARY_BASE_URL", "https://eu.api.capillarytech.com")
     monkeypatch.setattr("sys.stdin", io.StringIO(""))
@@ -710,14 +720,21 @@ def test_invoke_against_a_real_capillary_needs_yes_without_a_terminal(
     assert "Capillary https://eu.api.capillarytech.com" in refused.err
 
 
-def test_invoke_against_real_aws_asks_on_a_terminal(run, function_env, stub, monkeypatch) -> None:
+def test_invoke_against_real_aws_asks_on_a_terminal(
+    run: RunCommand, function_env: dict[str, str], stub: CapillaryStub, monkeypatch: pytest.MonkeyPatch
+) -> None:
     class Terminal(io.StringIO):
         def isatty(self) -> bool:
             return True
 
     monkeypatch.setattr("sys.stdin", Terminal("n\n"))
     asked: list[str] = []
-    monkeypatch.setattr("builtins.input", lambda prompt: asked.append(prompt) or "n")
+
+    def answer(prompt: str) -> str:
+        asked.append(prompt)
+        return "n"
+
+    monkeypatch.setattr("builtins.input", answer)
 
     declined = run("invoke", str(EVENTS / "sqs-plain.json"), "--endpoint-url", "https://dynamodb.example.com")
 
@@ -727,7 +744,9 @@ def test_invoke_against_real_aws_asks_on_a_terminal(run, function_env, stub, mon
     assert stub.resend_calls == []
 
 
-def test_invoke_against_loopback_endpoints_does_not_ask(run, function_env, stub, monkeypatch) -> None:
+def test_invoke_against_loopback_endpoints_does_not_ask(
+    run: RunCommand, function_env: dict[str, str], stub: CapillaryStub, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr("builtins.input", lambda prompt: pytest.fail(f"asked: {prompt}"))
 
     result = run("invoke", str(EVENTS / "sqs-plain.json"))
@@ -735,7 +754,9 @@ def test_invoke_against_loopback_endpoints_does_not_ask(run, function_env, stub,
     assert result.code == 0, result.err
 
 
-def test_invoke_json_verbose_keeps_results_on_stdout_and_logs_on_stderr(run, function_env, stub) -> None:
+def test_invoke_json_verbose_keeps_results_on_stdout_and_logs_on_stderr(
+    run: RunCommand, function_env: dict[str, str], stub: CapillaryStub
+) -> None:
     result = run("invoke", str(EVENTS / "sqs-plain.json"), "--json", "--verbose")
 
     assert result.code == 0, result.err
@@ -745,13 +766,13 @@ def test_invoke_json_verbose_keeps_results_on_stdout_and_logs_on_stderr(run, fun
     assert any(line.get("message") == "resend outcome" for line in logged)
 
 
-def test_invoke_of_a_missing_file_is_a_usage_error(run, tmp_path) -> None:
+def test_invoke_of_a_missing_file_is_a_usage_error(run: RunCommand, tmp_path: Path) -> None:
     result = run("invoke", str(tmp_path / "absent.json"))
 
     assert_one_line_error(result, 2)
 
 
-def test_invoke_local_starts_its_own_emulated_aws_and_stub(run, fresh_moto) -> None:
+def test_invoke_local_starts_its_own_emulated_aws_and_stub(run: RunCommand, fresh_moto: None) -> None:
     result = run(
         "invoke", "--local", str(EVENTS / "sqs-plain.json"), str(EVENTS / "sqs-poison.json"), "--json"
     )
@@ -763,7 +784,7 @@ def test_invoke_local_starts_its_own_emulated_aws_and_stub(run, fresh_moto) -> N
     assert {row["status"] for row in poison["outcomes"]} == {"POISON"}
 
 
-def test_invoke_local_of_the_events_glob_skips_the_env_vars_file(run, fresh_moto) -> None:
+def test_invoke_local_of_the_events_glob_skips_the_env_vars_file(run: RunCommand, fresh_moto: None) -> None:
     files = sorted(str(path) for path in EVENTS.glob("*.json"))  # what the shell makes of events/*.json
     assert any(path.endswith("env.json") for path in files)
 
@@ -776,7 +797,7 @@ def test_invoke_local_of_the_events_glob_skips_the_env_vars_file(run, fresh_moto
     assert "env.json" in result.err
 
 
-def test_invoke_of_a_file_that_is_not_json_names_the_file(run, tmp_path) -> None:
+def test_invoke_of_a_file_that_is_not_json_names_the_file(run: RunCommand, tmp_path: Path) -> None:
     broken = tmp_path / "broken-event.json"
     broken.write_text('{"Records": [', encoding="utf-8")
 
@@ -787,14 +808,14 @@ def test_invoke_of_a_file_that_is_not_json_names_the_file(run, tmp_path) -> None
     assert "not valid JSON" in result.err
 
 
-def test_invoke_of_only_an_env_vars_file_is_a_usage_error(run) -> None:
+def test_invoke_of_only_an_env_vars_file_is_a_usage_error(run: RunCommand) -> None:
     result = run("invoke", "--local", str(EVENTS / "env.json"))
 
     assert_one_line_error(result, 2)
     assert "no event files" in result.err
 
 
-def test_version_prints_the_installed_version(run) -> None:
+def test_version_prints_the_installed_version(run: RunCommand) -> None:
     from importlib.metadata import version
 
     result = run("--version")
@@ -804,7 +825,7 @@ def test_version_prints_the_installed_version(run) -> None:
 
 
 def test_local_up_serves_a_provisioned_stack_with_the_faults_asked_for(
-    run, fresh_moto, tmp_path, monkeypatch
+    run: RunCommand, fresh_moto: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from resender.local.up import RunningStack, StubFaults, parse_fault, serve
 
@@ -859,21 +880,21 @@ def test_local_up_serves_a_provisioned_stack_with_the_faults_asked_for(
     assert not server.is_alive()
 
 
-def test_local_up_refuses_an_unknown_behaviour(run) -> None:
+def test_local_up_refuses_an_unknown_behaviour(run: RunCommand) -> None:
     result = run("local", "up", "--fault", f"{ID}=explode")
 
     assert_one_line_error(result, 2)
     assert "explode" in result.err
 
 
-def test_invoke_local_refuses_aws_options(run) -> None:
+def test_invoke_local_refuses_aws_options(run: RunCommand) -> None:
     result = run("invoke", "--local", "--endpoint-url", "http://127.0.0.1:9", str(EVENTS / "sqs-plain.json"))
 
     assert_one_line_error(result, 2)
     assert "--endpoint-url" in result.err
 
 
-def test_demo_runs_every_sample_event(run, fresh_moto) -> None:
+def test_demo_runs_every_sample_event(run: RunCommand, fresh_moto: None) -> None:
     result = run("demo", "--events", str(EVENTS))
 
     assert result.code == 0, result.err
@@ -893,7 +914,7 @@ def queues_env(local_aws: LocalResources, monkeypatch: pytest.MonkeyPatch) -> Lo
     return local_aws
 
 
-def test_redrive_of_an_empty_dlq_moves_nothing(run, queues_env) -> None:
+def test_redrive_of_an_empty_dlq_moves_nothing(run: RunCommand, queues_env: LocalResources) -> None:
     result = run("redrive")
 
     assert result.code == 0, result.err
@@ -903,7 +924,7 @@ def test_redrive_of_an_empty_dlq_moves_nothing(run, queues_env) -> None:
     assert as_json.json()["skippedPoison"] == 0
 
 
-def test_redrive_moves_failures_and_leaves_poison(run, queues_env) -> None:
+def test_redrive_moves_failures_and_leaves_poison(run: RunCommand, queues_env: LocalResources) -> None:
     resources = queues_env
     bodies = [failure(ID + n) for n in range(3)]
     for body in bodies:
@@ -924,7 +945,7 @@ def test_redrive_moves_failures_and_leaves_poison(run, queues_env) -> None:
     assert left["MessageAttributes"][POISON_REASON_ATTRIBUTE]["StringValue"] == "body is not JSON"
 
 
-def test_redrive_dry_run_counts_and_moves_nothing(run, queues_env) -> None:
+def test_redrive_dry_run_counts_and_moves_nothing(run: RunCommand, queues_env: LocalResources) -> None:
     resources = queues_env
     for n in range(4):
         send(resources, resources.dead_letter_queue_url, failure(ID + n))
@@ -939,7 +960,7 @@ def test_redrive_dry_run_counts_and_moves_nothing(run, queues_env) -> None:
     assert len(drain(resources, resources.dead_letter_queue_url)) == 5
 
 
-def test_redrive_max_bounds_the_moves(run, queues_env) -> None:
+def test_redrive_max_bounds_the_moves(run: RunCommand, queues_env: LocalResources) -> None:
     resources = queues_env
     for n in range(5):
         send(resources, resources.dead_letter_queue_url, failure(ID + n))
@@ -951,7 +972,7 @@ def test_redrive_max_bounds_the_moves(run, queues_env) -> None:
     assert len(drain(resources, resources.dead_letter_queue_url)) == 3
 
 
-def test_redrive_include_poison_moves_it_with_its_reason(run, queues_env) -> None:
+def test_redrive_include_poison_moves_it_with_its_reason(run: RunCommand, queues_env: LocalResources) -> None:
     resources = queues_env
     send(resources, resources.dead_letter_queue_url, '{"id": 5}', poison_reason="messageId is missing")
 
@@ -964,7 +985,9 @@ def test_redrive_include_poison_moves_it_with_its_reason(run, queues_env) -> Non
     assert moved["MessageAttributes"][POISON_REASON_ATTRIBUTE]["StringValue"] == "messageId is missing"
 
 
-def test_redrive_finds_one_queue_from_the_other(run, local_aws, monkeypatch) -> None:
+def test_redrive_finds_one_queue_from_the_other(
+    run: RunCommand, local_aws: LocalResources, monkeypatch: pytest.MonkeyPatch
+) -> None:
     for name in ("SOURCE_QUEUE_URL", "DEAD_LETTER_QUEUE_URL"):
         monkeypatch.delenv(name, raising=False)
     send(local_aws, local_aws.dead_letter_queue_url, failure(ID))
@@ -978,7 +1001,9 @@ def test_redrive_finds_one_queue_from_the_other(run, local_aws, monkeypatch) -> 
     assert from_dlq.json()["moved"] + from_source.json()["moved"] == 2
 
 
-def test_redrive_without_queues_is_a_configuration_error(run, monkeypatch) -> None:
+def test_redrive_without_queues_is_a_configuration_error(
+    run: RunCommand, monkeypatch: pytest.MonkeyPatch
+) -> None:
     for name in ("SOURCE_QUEUE_URL", "DEAD_LETTER_QUEUE_URL"):
         monkeypatch.delenv(name, raising=False)
 
@@ -989,7 +1014,7 @@ def test_redrive_without_queues_is_a_configuration_error(run, monkeypatch) -> No
 
 
 def test_redrive_from_a_source_queue_without_redrive_policy_is_a_one_line_error(
-    run, local_aws, monkeypatch
+    run: RunCommand, local_aws: LocalResources, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     for name in ("SOURCE_QUEUE_URL", "DEAD_LETTER_QUEUE_URL"):
         monkeypatch.delenv(name, raising=False)
@@ -1002,7 +1027,9 @@ def test_redrive_from_a_source_queue_without_redrive_policy_is_a_one_line_error(
 
 
 @pytest.mark.parametrize("spelling", ["same", "trailing-slash"])
-def test_redrive_refuses_a_source_queue_that_is_the_dead_letter_queue(run, queues_env, spelling) -> None:
+def test_redrive_refuses_a_source_queue_that_is_the_dead_letter_queue(
+    run: RunCommand, queues_env: LocalResources, spelling: str
+) -> None:
     send(queues_env, queues_env.dead_letter_queue_url, failure(ID))
     source = queues_env.dead_letter_queue_url + ("/" if spelling == "trailing-slash" else "")
 
@@ -1016,7 +1043,7 @@ def test_redrive_refuses_a_source_queue_that_is_the_dead_letter_queue(run, queue
     assert [m["Body"] for m in drain(queues_env, queues_env.dead_letter_queue_url)] == [failure(ID)]
 
 
-def test_redrive_progress_bar_goes_to_stderr(run, queues_env) -> None:
+def test_redrive_progress_bar_goes_to_stderr(run: RunCommand, queues_env: LocalResources) -> None:
     for n in range(3):
         send(queues_env, queues_env.dead_letter_queue_url, failure(ID + n))
 
@@ -1056,7 +1083,14 @@ def fail_the_nth(operation: str, n: int) -> Callable[[AwsTarget], Any]:
     ],
 )
 def test_redrive_interrupted_halfway_loses_nothing_and_resends_nothing_twice(
-    run, function_env, local_aws, invoke, stub, monkeypatch, operation, duplicates
+    run: RunCommand,
+    function_env: dict[str, str],
+    local_aws: LocalResources,
+    invoke: Invoke,
+    stub: CapillaryStub,
+    monkeypatch: pytest.MonkeyPatch,
+    operation: str,
+    duplicates: int,
 ) -> None:
     monkeypatch.setenv("SOURCE_QUEUE_URL", local_aws.queue_url)
     ids = [ID + n for n in range(6)]
@@ -1095,7 +1129,9 @@ def test_redrive_interrupted_halfway_loses_nothing_and_resends_nothing_twice(
 # -- resend --------------------------------------------------------------------------------------------
 
 
-def test_resend_a_new_failure_goes_through_the_claim_protocol(run, function_env, stub, local_aws) -> None:
+def test_resend_a_new_failure_goes_through_the_claim_protocol(
+    run: RunCommand, function_env: dict[str, str], stub: CapillaryStub, local_aws: LocalResources
+) -> None:
     result = run("resend", str(ID), "--json")
 
     assert result.code == 0, result.err
@@ -1109,7 +1145,7 @@ def test_resend_a_new_failure_goes_through_the_claim_protocol(run, function_env,
     assert read_item(local_aws, ID)["status"] == "RESENT"
 
 
-REFUSALS = {
+REFUSALS: dict[int, tuple[dict[str, Any], str]] = {
     ID: ({"status": "RESENT", "resentMessageId": 1748743190124}, "already resent"),
     ID + 1: ({"status": "UNCERTAIN", "errorMessage": "read timeout"}, "UNCERTAIN"),
     ID + 2: ({"status": "NOT_FOUND", "errorCode": 4223}, "settled as NOT_FOUND"),
@@ -1122,7 +1158,9 @@ REFUSALS = {
 }
 
 
-def test_resend_refuses_without_force(run, function_env, stub, local_aws) -> None:
+def test_resend_refuses_without_force(
+    run: RunCommand, function_env: dict[str, str], stub: CapillaryStub, local_aws: LocalResources
+) -> None:
     for message_id, (attributes, _) in REFUSALS.items():
         put_outcome(local_aws, message_id, attempts=1, updatedAt="2026-01-01T00:00:00.000Z", **attributes)
 
@@ -1136,7 +1174,9 @@ def test_resend_refuses_without_force(run, function_env, stub, local_aws) -> Non
     assert stub.resend_calls == []
 
 
-def test_resend_force_on_uncertain_resends_once_and_records_it(run, function_env, stub, local_aws) -> None:
+def test_resend_force_on_uncertain_resends_once_and_records_it(
+    run: RunCommand, function_env: dict[str, str], stub: CapillaryStub, local_aws: LocalResources
+) -> None:
     put_outcome(
         local_aws,
         ID,
@@ -1176,7 +1216,9 @@ def test_resend_force_on_uncertain_resends_once_and_records_it(run, function_env
     assert stub.resends_performed(ID) == 1
 
 
-def test_forced_by_defaults_to_the_caller_identity(run, function_env, stub, local_aws) -> None:
+def test_forced_by_defaults_to_the_caller_identity(
+    run: RunCommand, function_env: dict[str, str], stub: CapillaryStub, local_aws: LocalResources
+) -> None:
     put_outcome(local_aws, ID, status="UNCERTAIN", attempts=1, updatedAt="2026-01-01T00:00:00.000Z")
     caller = boto3.client("sts", region_name="us-east-1").get_caller_identity()["Arn"]
 
@@ -1187,7 +1229,9 @@ def test_forced_by_defaults_to_the_caller_identity(run, function_env, stub, loca
     assert read_item(local_aws, ID)["forcedBy"] == caller
 
 
-def test_resend_force_on_resent_keeps_the_earlier_resend(run, function_env, stub, local_aws) -> None:
+def test_resend_force_on_resent_keeps_the_earlier_resend(
+    run: RunCommand, function_env: dict[str, str], stub: CapillaryStub, local_aws: LocalResources
+) -> None:
     run("resend", str(ID))
     earlier = stub.resend_calls[0].resent_message_id
 
@@ -1203,7 +1247,7 @@ def test_resend_force_on_resent_keeps_the_earlier_resend(run, function_env, stub
     assert f"previously resent as  {earlier}" in run("status", str(ID)).out
 
 
-def test_a_forced_claim_is_conditional_on_what_the_operator_saw(local_aws) -> None:
+def test_a_forced_claim_is_conditional_on_what_the_operator_saw(local_aws: LocalResources) -> None:
     put_outcome(local_aws, ID, status="UNCERTAIN", attempts=1, updatedAt="2026-01-01T00:00:00.000Z")
     store = OutcomeStore(dynamodb(local_aws), local_aws.table_name)
 
@@ -1228,7 +1272,7 @@ def test_a_forced_claim_is_conditional_on_what_the_operator_saw(local_aws) -> No
 
 
 def test_resend_of_a_stale_claim_follows_the_protocol_into_uncertain(
-    run, function_env, stub, local_aws
+    run: RunCommand, function_env: dict[str, str], stub: CapillaryStub, local_aws: LocalResources
 ) -> None:
     put_outcome(
         local_aws,
@@ -1249,7 +1293,9 @@ def test_resend_of_a_stale_claim_follows_the_protocol_into_uncertain(
     assert stub.resend_calls == []
 
 
-def test_resend_keeps_the_loop_guard_unless_forced(run, function_env, stub, local_aws) -> None:
+def test_resend_keeps_the_loop_guard_unless_forced(
+    run: RunCommand, function_env: dict[str, str], stub: CapillaryStub, local_aws: LocalResources
+) -> None:
     # A link item two resends deep: MAX_RESEND_DEPTH (2) says this one is not resent.
     put_outcome(
         local_aws,
@@ -1280,7 +1326,12 @@ def test_resend_keeps_the_loop_guard_unless_forced(run, function_env, stub, loca
     ],
 )
 def test_resend_that_capillary_answered_without_resending_exits_3(
-    run, function_env, stub, monkeypatch, behaviour, status
+    run: RunCommand,
+    function_env: dict[str, str],
+    stub: CapillaryStub,
+    monkeypatch: pytest.MonkeyPatch,
+    behaviour: Behaviour,
+    status: str,
 ) -> None:
     monkeypatch.setenv("CAPILLARY_TIMEOUT_SECONDS", "0.5")
     stub.script(ID, behaviour)
@@ -1293,7 +1344,9 @@ def test_resend_that_capillary_answered_without_resending_exits_3(
     assert document["reachedCapillary"] is True
 
 
-def test_resend_that_resent_exits_0(run, function_env, stub) -> None:
+def test_resend_that_resent_exits_0(
+    run: RunCommand, function_env: dict[str, str], stub: CapillaryStub
+) -> None:
     result = run("resend", str(ID))
 
     assert result.code == 0, result.err
@@ -1301,7 +1354,7 @@ def test_resend_that_resent_exits_0(run, function_env, stub) -> None:
 
 
 def test_resend_with_a_secret_that_cannot_be_read_exits_4_and_blames_secrets_manager(
-    run, function_env, stub, monkeypatch
+    run: RunCommand, function_env: dict[str, str], stub: CapillaryStub, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("CAPILLARY_SECRET_ID", "no/such/secret")
 
@@ -1314,7 +1367,9 @@ def test_resend_with_a_secret_that_cannot_be_read_exits_4_and_blames_secrets_man
     assert stub.resend_calls == []
 
 
-def test_resend_with_capillary_down_exits_4(run, function_env, monkeypatch) -> None:
+def test_resend_with_capillary_down_exits_4(
+    run: RunCommand, function_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     with socket.socket() as closed:  # a port nobody listens on: the connection is refused
         closed.bind(("127.0.0.1", 0))
         port = closed.getsockname()[1]
@@ -1327,7 +1382,9 @@ def test_resend_with_capillary_down_exits_4(run, function_env, monkeypatch) -> N
     assert "not sent" in result.json()["reason"]
 
 
-def test_resend_without_the_function_settings_is_a_configuration_error(run, monkeypatch) -> None:
+def test_resend_without_the_function_settings_is_a_configuration_error(
+    run: RunCommand, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("OUTCOMES_TABLE", "outcomes")
     monkeypatch.delenv("CAPILLARY_BASE_URL", raising=False)
     monkeypatch.setenv("CAPILLARY_SECRET_ID", "capillary/resender")
@@ -1348,7 +1405,7 @@ def test_resend_without_the_function_settings_is_a_configuration_error(run, monk
     ],
 )
 def test_a_missing_optional_dependency_is_one_line_naming_the_extra(
-    run, monkeypatch, argv, module, extra
+    run: RunCommand, monkeypatch: pytest.MonkeyPatch, argv: list[str], module: str, extra: str
 ) -> None:
     monkeypatch.setitem(sys.modules, module, None)  # what an environment without it looks like to import
 
@@ -1358,7 +1415,9 @@ def test_a_missing_optional_dependency_is_one_line_naming_the_extra(
     assert f"communication-resender[{extra}]" in result.err
 
 
-def test_invoke_shows_in_batch_duplicates_and_replays_as_duplicate(run, function_env, stub) -> None:
+def test_invoke_shows_in_batch_duplicates_and_replays_as_duplicate(
+    run: RunCommand, function_env: dict[str, str], stub: CapillaryStub
+) -> None:
     duplicates = str(EVENTS / "sqs-batch-duplicates.json")
 
     first = run("invoke", duplicates, "--json")
@@ -1385,7 +1444,7 @@ def test_invoke_shows_in_batch_duplicates_and_replays_as_duplicate(run, function
     assert statuses and "RESENT" not in statuses  # no row of the replay claims a resend
 
 
-def test_invoke_local_ends_with_the_resends_the_stub_performed(run, fresh_moto) -> None:
+def test_invoke_local_ends_with_the_resends_the_stub_performed(run: RunCommand, fresh_moto: None) -> None:
     result = run("invoke", "--local", str(EVENTS / "sqs-plain.json"), str(EVENTS / "sqs-poison.json"))
 
     assert result.code == 0, result.err
@@ -1394,7 +1453,9 @@ def test_invoke_local_ends_with_the_resends_the_stub_performed(run, fresh_moto) 
     assert last == f"The Capillary stub performed {resent} resend(s)."
 
 
-def test_demo_says_what_it_started_shows_duplicates_as_such_and_fits_100_columns(run, fresh_moto) -> None:
+def test_demo_says_what_it_started_shows_duplicates_as_such_and_fits_100_columns(
+    run: RunCommand, fresh_moto: None
+) -> None:
     result = run("demo", "--events", str(EVENTS), "--no-operator-commands")
 
     assert result.code == 0, result.err

@@ -4,49 +4,35 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
 
-from resender import cli
-from resender.events import Delivery, MessageIdParser
+from resender.cli.submit import Entry, Notification, Refused, publish
+from resender.events import Delivery, MessageIdParser, Notice
 from resender.local.aws import LocalResources
-from resender.submit import Entry, Notification, Refused, publish
+from tests.integration.cli_runs import Run, RunCommand, run_command
 
 ID = 1746061653596
 EXAMPLES = Path(__file__).resolve().parents[2] / "schema" / "examples"
 
 
-@dataclass(frozen=True)
-class Run:
-    code: int
-    out: str
-    err: str
-
-    def json(self) -> Any:
-        return json.loads(self.out)
+Queued = Callable[[], list[dict[str, Any]]]
 
 
 @pytest.fixture
-def run(capsys: pytest.CaptureFixture[str], local_aws: LocalResources) -> Callable[..., Run]:
+def run(capsys: pytest.CaptureFixture[str], local_aws: LocalResources) -> RunCommand:
     def call(*argv: str) -> Run:
-        capsys.readouterr()
-        try:
-            code = cli.main(["submit", *argv])
-        except SystemExit as stop:
-            code = int(stop.code or 0)
-        captured = capsys.readouterr()
-        return Run(code, captured.out, captured.err)
+        return run_command(capsys, ["submit", *argv])
 
     return call
 
 
 @pytest.fixture
-def queued(local_aws: LocalResources) -> Callable[[], list[dict[str, Any]]]:
+def queued(local_aws: LocalResources) -> Queued:
     """Every message now in the source queue: body and attributes."""
     client = boto3.client("sqs", endpoint_url=local_aws.endpoint_url)
 
@@ -58,7 +44,7 @@ def queued(local_aws: LocalResources) -> Callable[[], list[dict[str, Any]]]:
             MessageAttributeNames=["All"],
             VisibilityTimeout=60,
         ).get("Messages", []):
-            messages.extend(batch)
+            messages.extend(dict(message) for message in batch)
         return messages
 
     return drain
@@ -68,7 +54,9 @@ def bodies(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted((json.loads(m["Body"]) for m in messages), key=lambda body: body["messageId"])
 
 
-def test_csv_export_with_nsadmin_id_and_carried_columns(run, local_aws, queued, tmp_path) -> None:
+def test_csv_export_with_nsadmin_id_and_carried_columns(
+    run: RunCommand, local_aws: LocalResources, queued: Queued, tmp_path: Path
+) -> None:
     export = tmp_path / "messages.csv"
     export.write_text(
         "nsadmin_id,Channel,reason,sent_by,failedAt\n"
@@ -90,7 +78,9 @@ def test_csv_export_with_nsadmin_id_and_carried_columns(run, local_aws, queued, 
     assert sms["MessageAttributes"]["reason"]["StringValue"] == "SOFT_BOUNCED"
 
 
-def test_csv_id_column_is_chosen_by_option(run, local_aws, queued, tmp_path) -> None:
+def test_csv_id_column_is_chosen_by_option(
+    run: RunCommand, local_aws: LocalResources, queued: Queued, tmp_path: Path
+) -> None:
     export = tmp_path / "report.csv"
     export.write_text(f"id,communication\n7,{ID}\n8,{ID + 1}\n")
 
@@ -99,7 +89,9 @@ def test_csv_id_column_is_chosen_by_option(run, local_aws, queued, tmp_path) -> 
     assert [body["messageId"] for body in bodies(queued())] == [ID, ID + 1]
 
 
-def test_csv_without_an_id_column_is_a_usage_error(run, local_aws, queued, tmp_path) -> None:
+def test_csv_without_an_id_column_is_a_usage_error(
+    run: RunCommand, local_aws: LocalResources, queued: Queued, tmp_path: Path
+) -> None:
     export = tmp_path / "report.csv"
     export.write_text(f"customer,channel\n{ID},SMS\n")
 
@@ -111,7 +103,7 @@ def test_csv_without_an_id_column_is_a_usage_error(run, local_aws, queued, tmp_p
 
 
 def test_jsonl_with_bad_lines_reports_file_and_line_and_publishes_the_rest(
-    run, local_aws, queued, tmp_path
+    run: RunCommand, local_aws: LocalResources, queued: Queued, tmp_path: Path
 ) -> None:
     feed = tmp_path / "failures.jsonl"
     feed.write_text(
@@ -141,7 +133,9 @@ def test_jsonl_with_bad_lines_reports_file_and_line_and_publishes_the_rest(
     ]
 
 
-def test_plain_ids_from_stdin_with_duplicates_folded(run, local_aws, queued, monkeypatch) -> None:
+def test_plain_ids_from_stdin_with_duplicates_folded(
+    run: RunCommand, local_aws: LocalResources, queued: Queued, monkeypatch: pytest.MonkeyPatch
+) -> None:
     ids = [ID + n for n in range(23)]
     monkeypatch.setattr(
         "sys.stdin", io.StringIO("\n".join(str(i) for i in [*ids, ids[0], ids[5]]) + "\n# done\n")
@@ -156,7 +150,9 @@ def test_plain_ids_from_stdin_with_duplicates_folded(run, local_aws, queued, mon
     assert [body["messageId"] for body in bodies(queued())] == sorted([*ids, ID + 99])
 
 
-def test_every_published_notification_is_one_the_function_accepts(run, local_aws, queued, tmp_path) -> None:
+def test_every_published_notification_is_one_the_function_accepts(
+    run: RunCommand, local_aws: LocalResources, queued: Queued, tmp_path: Path
+) -> None:
     feed = tmp_path / "ids.txt"
     feed.write_text(f"{ID}\n 00{ID + 1} \n")
 
@@ -164,12 +160,14 @@ def test_every_published_notification_is_one_the_function_accepts(run, local_aws
 
     parser = MessageIdParser()
     for message in queued():
-        assert parser.parse(Delivery("r", message["Body"])).message_id in (ID, ID + 1)
+        parsed = parser.parse(Delivery("r", message["Body"]))
+        assert isinstance(parsed, Notice)
+        assert parsed.message_id in (ID, ID + 1)
         assert json.loads(message["Body"])["orgId"] == 100737
         assert message["MessageAttributes"]["orgId"] == {"DataType": "Number", "StringValue": "100737"}
 
 
-def test_dry_run_publishes_nothing(run, local_aws, queued) -> None:
+def test_dry_run_publishes_nothing(run: RunCommand, local_aws: LocalResources, queued: Queued) -> None:
     result = run("--ids", str(ID), str(ID), "0", "--queue-url", local_aws.queue_url, "--dry-run", "--json")
 
     assert result.code == 1
@@ -182,7 +180,9 @@ def test_dry_run_publishes_nothing(run, local_aws, queued) -> None:
     assert queued() == []
 
 
-def test_topic_target_delivers_through_the_subscription(run, local_aws, queued) -> None:
+def test_topic_target_delivers_through_the_subscription(
+    run: RunCommand, local_aws: LocalResources, queued: Queued
+) -> None:
     sns = boto3.client("sns", endpoint_url=local_aws.endpoint_url)
     topic_arn = sns.create_topic(Name="communication-failures")["TopicArn"]
     sns.subscribe(
@@ -198,7 +198,9 @@ def test_topic_target_delivers_through_the_subscription(run, local_aws, queued) 
     assert [body["messageId"] for body in bodies(queued())] == [ID + n for n in range(12)]
 
 
-def test_a_dry_run_needs_no_target(run, local_aws, monkeypatch, tmp_path) -> None:
+def test_a_dry_run_needs_no_target(
+    run: RunCommand, local_aws: LocalResources, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     monkeypatch.delenv("SOURCE_QUEUE_URL", raising=False)
     monkeypatch.delenv("FAILURE_TOPIC_ARN", raising=False)
     feed = tmp_path / "ids.txt"
@@ -211,7 +213,9 @@ def test_a_dry_run_needs_no_target(run, local_aws, monkeypatch, tmp_path) -> Non
     assert f"{feed}:2: messageId string is not a plain string of digits" in result.err
 
 
-def test_no_input_or_no_target_is_a_usage_error(run, local_aws, monkeypatch) -> None:
+def test_no_input_or_no_target_is_a_usage_error(
+    run: RunCommand, local_aws: LocalResources, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("SOURCE_QUEUE_URL", raising=False)
     monkeypatch.delenv("FAILURE_TOPIC_ARN", raising=False)
 
@@ -221,7 +225,9 @@ def test_no_input_or_no_target_is_a_usage_error(run, local_aws, monkeypatch) -> 
     assert run("--ids", str(ID), "--queue-url", local_aws.queue_url, "--topic-arn", "arn:x").code == 2
 
 
-def test_the_shipped_examples_submit_cleanly(run, local_aws, queued) -> None:
+def test_the_shipped_examples_submit_cleanly(
+    run: RunCommand, local_aws: LocalResources, queued: Queued
+) -> None:
     result = run(
         str(EXAMPLES / "insights-export.csv"),
         str(EXAMPLES / "failures.jsonl"),
@@ -243,7 +249,7 @@ class FlakyPublisher:
     def __init__(self) -> None:
         self.calls: list[list[int]] = []
 
-    def send(self, entries: list[Entry]) -> list[Refused]:
+    def send(self, entries: Sequence[Entry]) -> list[Refused]:
         self.calls.append([entry.notification.message_id for entry in entries])
         refused = []
         for entry in entries:

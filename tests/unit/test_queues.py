@@ -16,8 +16,9 @@ from botocore.stub import Stubber
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from resender.operations import OperatorError, queue_urls, same_queue
-from resender.queues import NoDeadLetterQueueError, Queues, dead_letter_target_arn
+from resender.cli.errors import OperatorError
+from resender.cli.redrive import queue_urls
+from resender.queues import NoDeadLetterQueueError, Queues, dead_letter_target_arn, same_queue
 
 SOURCE_ARN = "arn:aws:sqs:us-east-1:123456789012:communication-failures"
 SOURCE_URL = "https://sqs.us-east-1.amazonaws.com/123456789012/communication-failures"
@@ -45,7 +46,9 @@ def sqs() -> Iterator[tuple[Any, Stubber]]:
 
 
 @pytest.mark.parametrize("answer", NO_USABLE_POLICY)
-def test_no_usable_redrive_policy_is_a_no_dead_letter_queue_error(sqs, answer) -> None:
+def test_no_usable_redrive_policy_is_a_no_dead_letter_queue_error(
+    sqs: tuple[Any, Stubber], answer: dict[str, Any]
+) -> None:
     client, stubber = sqs
     stubber.add_response("get_queue_url", {"QueueUrl": SOURCE_URL})
     stubber.add_response("get_queue_attributes", answer)
@@ -56,7 +59,7 @@ def test_no_usable_redrive_policy_is_a_no_dead_letter_queue_error(sqs, answer) -
         )
 
 
-def test_a_redrive_policy_names_the_dead_letter_queue(sqs) -> None:
+def test_a_redrive_policy_names_the_dead_letter_queue(sqs: tuple[Any, Stubber]) -> None:
     client, stubber = sqs
     stubber.add_response("get_queue_url", {"QueueUrl": SOURCE_URL})
     policy = f'{{"deadLetterTargetArn": "{DLQ_ARN}", "maxReceiveCount": 5}}'
@@ -67,7 +70,9 @@ def test_a_redrive_policy_names_the_dead_letter_queue(sqs) -> None:
 
 
 @pytest.mark.parametrize("answer", NO_USABLE_POLICY)
-def test_redrive_without_a_usable_policy_is_an_operator_error(sqs, answer) -> None:
+def test_redrive_without_a_usable_policy_is_an_operator_error(
+    sqs: tuple[Any, Stubber], answer: dict[str, Any]
+) -> None:
     client, stubber = sqs
     stubber.add_response("get_queue_attributes", answer)
 
@@ -75,7 +80,7 @@ def test_redrive_without_a_usable_policy_is_an_operator_error(sqs, answer) -> No
         queue_urls(client, SOURCE_URL, None)
 
 
-def test_redrive_refuses_the_dead_letter_queue_as_its_own_source(sqs) -> None:
+def test_redrive_refuses_the_dead_letter_queue_as_its_own_source(sqs: tuple[Any, Stubber]) -> None:
     client, stubber = sqs
     policy = f'{{"deadLetterTargetArn": "{DLQ_ARN}"}}'
     stubber.add_response("get_queue_attributes", {"Attributes": {"RedrivePolicy": policy}})
@@ -106,6 +111,6 @@ def test_same_queue_compares_account_and_name_not_the_host_spelling() -> None:
         ).map(json.dumps),
     )
 )
-def test_reading_any_policy_text_never_raises(policy) -> None:
+def test_reading_any_policy_text_never_raises(policy: str | None) -> None:
     target = dead_letter_target_arn(policy)
     assert target is None or len(target.split(":")) == 6

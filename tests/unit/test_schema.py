@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
-from jsonschema import Draft202012Validator
+from jsonschema import Draft202012Validator  # type: ignore[import-untyped]
 
+from resender.cli.submit import Source, read_inputs
 from resender.events import MessageIdParser, PoisonError, parse_event, unwrap
-from resender.submit import Source, read_inputs
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = json.loads((ROOT / "schema" / "failure-notification.schema.json").read_text())
@@ -49,7 +49,7 @@ def test_every_line_of_the_jsonl_and_csv_examples_becomes_a_valid_notification()
 
 
 def sample_payloads() -> list[tuple[str, Any]]:
-    payloads = []
+    payloads: list[tuple[str, Any]] = []
     for path in sorted((ROOT / "events").glob("*.json")):
         if path.name == "env.json" or path.name in POISON_SAMPLES:
             continue

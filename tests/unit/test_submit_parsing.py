@@ -10,8 +10,8 @@ import json
 from hypothesis import given
 from hypothesis import strategies as st
 
+from resender.cli.submit import InputFormat, Source, guess_format, read_inputs
 from resender.events import PoisonError, validate_message_id
-from resender.submit import InputFormat, Source, guess_format, read_inputs
 
 valid_ids = st.integers(min_value=1, max_value=2**63 - 1)
 lines = st.one_of(
@@ -48,7 +48,7 @@ def test_plain_ids_publish_each_valid_id_once_in_order_and_report_the_rest(entri
     assert all(n.body == {"messageId": n.message_id} for n in result.notifications)
 
 
-cells = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=12)
+cells = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=12)
 
 
 @given(st.lists(st.tuples(valid_ids, cells, cells), min_size=1, max_size=15))
@@ -62,13 +62,13 @@ def test_csv_rows_carry_the_schema_columns_and_line_numbers(rows: list[tuple[int
     result = read_inputs([Source("export.csv", io.StringIO(buffer.getvalue()))])
 
     assert result.invalid == []
-    first = {}
+    first: dict[int, tuple[str, str]] = {}
     for message_id, channel, reason in rows:
         first.setdefault(message_id, (channel, reason))
     assert [n.message_id for n in result.notifications] == list(first)
     for notification in result.notifications:
         channel, reason = first[notification.message_id]
-        expected = {"messageId": notification.message_id}
+        expected: dict[str, object] = {"messageId": notification.message_id}
         if channel.strip():
             expected["channel"] = channel.strip()
         if reason.strip():

@@ -8,7 +8,7 @@ import io
 import json
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -138,6 +138,27 @@ def is_env_vars_file(document: dict[str, Any]) -> bool:
     )
 
 
+def sqs_event(messages: Sequence[Mapping[str, Any]], queue_arn: str) -> dict[str, Any]:
+    """The event Lambda's SQS event source mapping would hand the function for ``messages`` (as
+    ReceiveMessage returns them, with ``AttributeNames=["All"]``)."""
+    return {
+        "Records": [
+            {
+                "messageId": message["MessageId"],
+                "receiptHandle": message["ReceiptHandle"],
+                "body": message["Body"],
+                "attributes": message.get("Attributes", {}),
+                "messageAttributes": {},
+                "md5OfBody": message.get("MD5OfBody", ""),
+                "eventSource": "aws:sqs",
+                "eventSourceARN": queue_arn,
+                "awsRegion": queue_arn.split(":")[3],
+            }
+            for message in messages
+        ]
+    }
+
+
 def invoke(event: dict[str, Any], event_file: str = "<event>", timeout_seconds: float = 180.0) -> Invocation:
     """Call the real handler once; a raised error is reported, as Lambda would report it."""
     from resender.app import lambda_handler
@@ -157,6 +178,8 @@ class LocalStack:
     resources: LocalResources
     stub: CapillaryStub  # org 100737, at CAPILLARY_BASE_URL
     second_org: CapillaryStub  # org 200002, at the baseUrl the secret gives it
+    #: The function's environment for this stack, as ``local_stack`` sets it for the in-process handler.
+    environment: dict[str, str] = field(default_factory=dict)
 
 
 def local_secret(second_org_base_url: str) -> dict[str, Any]:
@@ -186,9 +209,11 @@ def local_stack(latency_seconds: float = 0.0) -> Iterator[LocalStack]:
     with MotoServer() as moto, CapillaryStub(latency_seconds=latency_seconds) as stub, second:
         stub.not_found_ids.add(DOCUMENTED_NOT_FOUND_ID)
         resources = provision(moto.endpoint_url, local_secret(second.base_url))
-        with patched_environ({**resources.environment(stub.base_url), **LOCAL_POLICY_ENV}):
+        environment = {**resources.environment(stub.base_url), **LOCAL_POLICY_ENV}
+        # The handler runs in this process, and Lambda gives a handler its settings as its environment.
+        with patched_environ(environment):
             reset_container()
             try:
-                yield LocalStack(resources, stub, second)
+                yield LocalStack(resources, stub, second, environment)
             finally:
                 reset_container()

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Protocol, TextIO
+from typing import TYPE_CHECKING, Any, Final, NamedTuple, Protocol, TextIO, cast
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -29,7 +29,9 @@ from resender.events import PoisonError, validate_message_id
 
 if TYPE_CHECKING:
     from mypy_boto3_sns import SNSClient
+    from mypy_boto3_sns.type_defs import PublishBatchRequestEntryTypeDef
     from mypy_boto3_sqs import SQSClient
+    from mypy_boto3_sqs.type_defs import SendMessageBatchRequestEntryTypeDef
 
 #: SendMessageBatch and PublishBatch both take at most ten entries.
 BATCH_SIZE: Final = 10
@@ -219,14 +221,16 @@ def parse_org(text: str) -> int:
 # -- publishing --------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
+class Entry(NamedTuple):
+    """One notification of a batch call, under the id the call's answer names it by."""
+
     entry_id: str
     notification: Notification
 
 
-@dataclass(frozen=True, slots=True)
-class Refused:
+class Refused(NamedTuple):
+    """An entry a batch call did not publish, why, and whether trying again can help."""
+
     entry_id: str
     reason: str
     retryable: bool
@@ -249,12 +253,19 @@ def message_attributes(body: Mapping[str, Any]) -> dict[str, dict[str, str]]:
     return attributes
 
 
-def _fifo_fields(target: str, notification: Notification) -> dict[str, str]:
-    if not target.endswith(".fifo"):
-        return {}
-    # One group per org keeps an org's failures in order; the id deduplicates a rerun within five minutes.
-    group = str(notification.body.get("orgId", "failures"))
-    return {"MessageGroupId": group, "MessageDeduplicationId": str(notification.message_id)}
+def _batch_entry(entry: Entry, body_field: str, target: str) -> dict[str, Any]:
+    """A SendMessageBatch or PublishBatch entry: the two differ only in the name of the body's field."""
+    notification = entry.notification
+    fields: dict[str, Any] = {
+        "Id": entry.entry_id,
+        body_field: json.dumps(notification.body),
+        "MessageAttributes": message_attributes(notification.body),
+    }
+    if target.endswith(".fifo"):
+        # One group per org keeps an org's failures in order; the id deduplicates a rerun within five minutes.
+        fields["MessageGroupId"] = str(notification.body.get("orgId", "failures"))
+        fields["MessageDeduplicationId"] = str(notification.message_id)
+    return fields
 
 
 def _refused(failed: Sequence[Any]) -> list[Refused]:
@@ -271,17 +282,9 @@ class QueuePublisher:
         self.target = queue_url
 
     def send(self, entries: Sequence[Entry]) -> list[Refused]:
+        batch = [_batch_entry(entry, "MessageBody", self.target) for entry in entries]
         response = self._client.send_message_batch(
-            QueueUrl=self.target,
-            Entries=[
-                {
-                    "Id": entry.entry_id,
-                    "MessageBody": json.dumps(entry.notification.body),
-                    "MessageAttributes": message_attributes(entry.notification.body),
-                    **_fifo_fields(self.target, entry.notification),  # type: ignore[typeddict-item]
-                }
-                for entry in entries
-            ],
+            QueueUrl=self.target, Entries=cast("list[SendMessageBatchRequestEntryTypeDef]", batch)
         )
         return _refused(response.get("Failed", []))
 
@@ -292,17 +295,10 @@ class TopicPublisher:
         self.target = topic_arn
 
     def send(self, entries: Sequence[Entry]) -> list[Refused]:
+        batch = [_batch_entry(entry, "Message", self.target) for entry in entries]
         response = self._client.publish_batch(
             TopicArn=self.target,
-            PublishBatchRequestEntries=[
-                {
-                    "Id": entry.entry_id,
-                    "Message": json.dumps(entry.notification.body),
-                    "MessageAttributes": message_attributes(entry.notification.body),
-                    **_fifo_fields(self.target, entry.notification),  # type: ignore[typeddict-item]
-                }
-                for entry in entries
-            ],
+            PublishBatchRequestEntries=cast("list[PublishBatchRequestEntryTypeDef]", batch),
         )
         return _refused(response.get("Failed", []))
 
