@@ -824,6 +824,23 @@ def test_version_prints_the_installed_version(run: RunCommand) -> None:
     assert result.out.strip() == f"resender {version('communication-resender')}"
 
 
+def test_python_dash_m_runs_the_same_command() -> None:
+    import subprocess
+    import sys
+    from importlib.metadata import version
+
+    done = subprocess.run(
+        [sys.executable, "-m", "resender.cli", "--version"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert done.returncode == 0
+    assert done.stdout.strip() == f"resender {version('communication-resender')}"
+
+
 def test_local_up_serves_a_provisioned_stack_with_the_faults_asked_for(
     run: RunCommand, fresh_moto: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
