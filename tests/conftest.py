@@ -12,6 +12,7 @@ import pytest
 import requests
 
 from resender import app
+from resender.dynamodb_codec import item_to_plain, to_item
 from resender.local.aws import LocalResources, MotoServer, provision
 from resender.local.runner import DEMO_SECRET, DOCUMENTED_NOT_FOUND_ID, LocalContext
 from resender.local.stub import CapillaryStub
@@ -101,11 +102,9 @@ def outcome(local_aws: LocalResources) -> Callable[[int], dict[str, Any] | None]
     client = boto3.client("dynamodb", endpoint_url=local_aws.endpoint_url)
 
     def read(message_id: int) -> dict[str, Any] | None:
-        item = client.get_item(TableName=local_aws.table_name, Key={"messageId": {"N": str(message_id)}})
+        item = client.get_item(TableName=local_aws.table_name, Key=to_item({"messageId": message_id}))
         typed = item.get("Item")
-        if typed is None:
-            return None
-        return {name: int(value["N"]) if "N" in value else value.get("S") for name, value in typed.items()}
+        return None if typed is None else item_to_plain(typed)
 
     return read
 
