@@ -46,6 +46,7 @@ from resender.local.aws import LocalResources
 from resender.local.stub import ORG_ID, Behaviour, CapillaryStub
 from resender.models import ResendResult, Status, Verdict
 from resender.settings import ConfigurationError
+from tests.clock import FakeClock
 from tests.tls import Tls, self_signed_tls
 
 pytestmark = pytest.mark.integration
@@ -90,14 +91,6 @@ class FakeCredentials:
     def invalidate(self, generation: int) -> None:
         with self._lock:
             self.invalidated.append(generation)
-
-
-class FakeClock:
-    def __init__(self, now: float = 1_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @dataclass
@@ -622,11 +615,11 @@ def test_oauth_token_renewed_before_it_expires(stub: CapillaryStub) -> None:
     renew_after = ttl - min(TOKEN_RENEWAL_MARGIN_SECONDS, ttl / 10)
 
     assert client.resend(MESSAGE_ID).verdict is Verdict.RESENT
-    clock.now += renew_after - 1
+    clock.advance(renew_after - 1)
     assert client.resend(MESSAGE_ID + 1).verdict is Verdict.RESENT
     assert stub.token_requests == 1
 
-    clock.now += 2  # now past ttl - margin
+    clock.advance(2)  # now past ttl - margin
     assert client.resend(MESSAGE_ID + 2).verdict is Verdict.RESENT
     assert stub.token_requests == 2
     assert stub.resends_performed() == 3

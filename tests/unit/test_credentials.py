@@ -32,6 +32,7 @@ from resender.credentials import (
     parse_secret,
     parse_secret_document,
 )
+from tests.clock import FakeClock
 
 # The worked example from Capillary's authentication docs: store.server / server123.
 DOC_USER = "store.server"
@@ -194,17 +195,6 @@ def test_reprs_hide_the_password_and_the_client_secret() -> None:
 
 
 # --- CredentialsProvider against moto's Secrets Manager -----------------------------------------------------
-
-
-@dataclass
-class FakeClock:
-    now: float = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @dataclass

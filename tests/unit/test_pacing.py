@@ -28,24 +28,10 @@ from resender.pacing import (
     is_outage,
     is_throttle,
 )
+from tests.clock import FakeClock
 
 TABLE = "pacing"
 ORG = DEFAULT_ORG
-
-
-class Clock:
-    """Wall time that moves only when told to, or when the pacer sleeps."""
-
-    def __init__(self, now: float = 1_800_000_000.0) -> None:
-        self.now = now
-        self.slept: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        self.now += seconds
 
 
 @pytest.fixture
@@ -58,11 +44,11 @@ def dynamodb() -> Iterator[Any]:
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> FakeClock:
+    return FakeClock()
 
 
-def pacer(dynamodb: Any, clock: Clock, **config: Any) -> SharedPacer:
+def pacer(dynamodb: Any, clock: FakeClock, **config: Any) -> SharedPacer:
     return SharedPacer(dynamodb, TABLE, PacingConfig(**config), clock=clock, sleep=clock.sleep)
 
 
@@ -154,7 +140,7 @@ def test_the_bucket_refills_continuously_not_at_the_top_of_the_minute(dynamodb, 
         assert granted(limiter.acquire(ORG, 0)).go_at == clock.now
     refused(limiter.acquire(ORG, 0))
 
-    clock.now += 15
+    clock.advance(15)
     assert granted(limiter.acquire(ORG, 0)).go_at == pytest.approx(clock.now, abs=0.002)
     refused(limiter.acquire(ORG, 0))
 
@@ -178,12 +164,12 @@ def test_a_second_container_reads_the_first_ones_grants_from_its_failed_conditio
 def test_no_window_ever_holds_more_than_the_rate(dynamodb, rate, burst, gaps) -> None:
     """Greedy callers at arbitrary times: in every window of 60 s, at most ``rate`` calls start."""
     burst = min(burst, rate)
-    clock = Clock()
+    clock = FakeClock()
     org = f"org-{rate}-{burst}-{len(gaps)}-{hash(tuple(gaps))}"
     limiter = pacer(dynamodb, clock, rate=float(rate), burst=burst, window_seconds=60.0)
     starts: list[float] = []
     for gap in gaps:
-        clock.now += gap
+        clock.advance(gap)
         outcome = limiter.acquire(org, 3600)
         starts.append(granted(outcome).go_at)
     starts.sort()
@@ -194,7 +180,7 @@ def test_no_window_ever_holds_more_than_the_rate(dynamodb, rate, burst, gaps) ->
 
 def test_a_configured_rate_lowered_since_the_item_was_written_applies_at_once(dynamodb, clock) -> None:
     granted(pacer(dynamodb, clock, rate=120.0).acquire(ORG, 10))
-    clock.now += 10
+    clock.advance(10)
 
     permit = granted(pacer(dynamodb, clock, rate=30.0).acquire(ORG, 10))
 
@@ -235,10 +221,10 @@ def test_without_a_retry_after_the_rate_halves_then_steps_back_gently(dynamodb, 
     limiter = pacer(dynamodb, clock, start_rate=80.0)
     limiter.observe(granted(limiter.acquire(ORG, 10)), THROTTLED_NO_HINT)
     assert limiter.state(ORG)["rate"] == 40  # the first throttle: halved
-    clock.now += 61
+    clock.advance(61)
     limiter.observe(granted(limiter.acquire(ORG, 10)), THROTTLED_NO_HINT)
     assert limiter.state(ORG)["rate"] == 20  # throttled again in the next window: halved again
-    clock.now += 200
+    clock.advance(200)
     limiter.observe(granted(limiter.acquire(ORG, 10)), THROTTLED_NO_HINT)
     assert limiter.state(ORG)["rate"] == 16  # a throttle after a quiet spell: 20 % less
 
@@ -264,9 +250,9 @@ def test_a_permit_granted_before_a_retry_after_is_not_used(dynamodb, clock) -> N
 def test_a_hold_set_by_another_container_stops_a_permit_granted_before_it(dynamodb, clock) -> None:
     first, second = pacer(dynamodb, clock, start_rate=60.0), pacer(dynamodb, clock, start_rate=60.0)
     waiting = granted(second.acquire(ORG, 10))
-    clock.now += 0.5
+    clock.advance(0.5)
     first.observe(granted(first.acquire(ORG, 10)), THROTTLED)
-    clock.now += 1.0  # what ``second`` saw is now older than its cache period
+    clock.advance(1.0)  # what ``second`` saw is now older than its cache period
 
     hold = second.still_valid(waiting)
 
@@ -277,12 +263,12 @@ def test_a_hold_set_by_another_container_stops_a_permit_granted_before_it(dynamo
 def test_checking_permits_before_their_calls_reads_at_most_once_per_cache_period(dynamodb, clock) -> None:
     limiter = pacer(dynamodb, clock, rate=600.0)
     permits = [granted(limiter.acquire(ORG, 10)) for _ in range(10)]
-    clock.now += 5
+    clock.advance(5)
     calls = counted(dynamodb)
 
     assert all(limiter.still_valid(permit) is None for permit in permits)
     assert calls == Counter({"GetItem": 1})
-    clock.now += 0.5
+    clock.advance(0.5)
     assert all(limiter.still_valid(permit) is None for permit in permits)
     assert calls == Counter({"GetItem": 1})
 
@@ -294,7 +280,7 @@ def test_sustained_success_raises_the_rate_towards_the_last_throttled_one_then_p
     limiter.observe(granted(limiter.acquire(ORG, 10)), THROTTLED_NO_HINT)  # 100 -> 50, ceiling 100
     rates = []
     for _ in range(12):
-        clock.now += 31
+        clock.advance(31)
         granted(limiter.acquire(ORG, 60))
         granted(limiter.acquire(ORG, 60))  # busy: the rate is what holds calls back
         rates.append(limiter.state(ORG)["rate"])
@@ -307,7 +293,7 @@ def test_sustained_success_raises_the_rate_towards_the_last_throttled_one_then_p
 def test_an_idle_org_does_not_raise_its_rate(dynamodb, clock) -> None:
     limiter = pacer(dynamodb, clock, start_rate=10.0, period_seconds=1.0)
     for _ in range(5):
-        clock.now += 60
+        clock.advance(60)
         granted(limiter.acquire(ORG, 10))
 
     assert limiter.state(ORG)["rate"] == 10
@@ -318,7 +304,7 @@ def test_without_a_known_limit_the_rate_doubles_per_busy_period(dynamodb, clock)
     granted(limiter.acquire(ORG, 60))
     seen = []
     for _ in range(3):
-        clock.now += 5
+        clock.advance(5)
         granted(limiter.acquire(ORG, 60))
         granted(limiter.acquire(ORG, 60))
         seen.append(limiter.state(ORG)["rate"])
@@ -331,7 +317,7 @@ def test_the_rate_climbs_back_to_the_configured_one_and_never_past_it(dynamodb, 
     limiter.observe(granted(limiter.acquire(ORG, 60)), THROTTLED_NO_HINT)  # 50 -> 25
     seen = []
     for _ in range(10):
-        clock.now += 6
+        clock.advance(6)
         granted(limiter.acquire(ORG, 60))
         granted(limiter.acquire(ORG, 60))
         seen.append(limiter.state(ORG)["rate"])
@@ -376,18 +362,18 @@ def test_the_open_breaker_is_cached_for_a_second_then_read_again_by_the_grant(dy
     for _ in range(20):
         refused(limiter.acquire(ORG, 10))
     assert calls == Counter()  # within the second: no request at all
-    clock.now += 1.5
+    clock.advance(1.5)
     refused(limiter.acquire(ORG, 10))
     assert calls == Counter({"UpdateItem": 1})
 
 
-def _opened(dynamodb: Any, clock: Clock) -> tuple[SharedPacer, SharedPacer]:
+def _opened(dynamodb: Any, clock: FakeClock) -> tuple[SharedPacer, SharedPacer]:
     containers = tuple(
         pacer(dynamodb, clock, rate=600.0, breaker_threshold=1, breaker_open_seconds=30.0) for _ in range(2)
     )
     first = containers[0]
     first.observe(granted(first.acquire(ORG, 10)), REFUSED)
-    clock.now += 31
+    clock.advance(31)
     return containers[0], containers[1]
 
 
@@ -400,7 +386,7 @@ def test_one_probe_per_interval_across_containers_and_its_success_closes_the_bre
     assert refused(second.acquire(ORG, 10)).reason is HoldReason.BREAKER_OPEN
 
     second.observe(probe, RESENT)
-    clock.now += 1.5
+    clock.advance(1.5)
     assert not granted(first.acquire(ORG, 10)).probe
     assert "openUntil" not in first.state(ORG)
 
@@ -411,7 +397,7 @@ def test_a_slot_reserved_before_the_breaker_opened_is_not_a_second_probe(dynamod
     reserved = granted(second.acquire(ORG, 60))
     reserved_late = granted(second.acquire(ORG, 60))
     first.observe(granted(first.acquire(ORG, 60)), REFUSED)  # opens the breaker
-    clock.now += 31  # the interval is over: half-open, and nobody has probed yet
+    clock.advance(31)  # the interval is over: half-open, and nobody has probed yet
 
     for permit in (reserved, reserved_late):
         hold = second.still_valid(permit)
@@ -428,7 +414,7 @@ def test_opening_the_breaker_voids_reserved_slots_so_the_probe_does_not_queue_be
     for _ in range(5):
         granted(limiter.acquire(ORG, 60))  # slots reserved up to 40 s ahead
     limiter.observe(granted(limiter.acquire(ORG, 60)), REFUSED)
-    clock.now += 31
+    clock.advance(31)
 
     probe = granted(limiter.acquire(ORG, 60))
 
@@ -439,11 +425,11 @@ def test_opening_the_breaker_voids_reserved_slots_so_the_probe_does_not_queue_be
 def test_the_probe_interval_starts_when_the_probe_calls(dynamodb, clock) -> None:
     first, second = _opened(dynamodb, clock)
     probe = granted(first.acquire(ORG, 10))
-    clock.now += 20  # the probe's claim and wait took a while
+    clock.advance(20)  # the probe's claim and wait took a while
 
     assert first.still_valid(probe) is None  # just before its call
     first.observe(probe, REFUSED)
-    clock.now += 15  # 35 s after the election, 15 s after the call
+    clock.advance(15)  # 35 s after the election, 15 s after the call
 
     assert refused(second.acquire(ORG, 10)).reason is HoldReason.BREAKER_OPEN
 
@@ -454,9 +440,9 @@ def test_a_failed_probe_keeps_the_breaker_open_for_another_interval(dynamodb, cl
 
     first.observe(probe, REFUSED)
 
-    clock.now += 29
+    clock.advance(29)
     assert refused(second.acquire(ORG, 10)).reason is HoldReason.BREAKER_OPEN
-    clock.now += 2
+    clock.advance(2)
     assert granted(second.acquire(ORG, 10)).probe
 
 

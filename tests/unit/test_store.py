@@ -12,18 +12,11 @@ from moto import mock_aws
 from resender.local.aws import create_outcomes_table, make_dynamodb_writes_atomic
 from resender.models import Status
 from resender.store import ClaimLostError, ClaimState, Outcome, OutcomeStore, StoreError
+from tests.clock import FakeClock
 
 TABLE = "outcomes"
 ID = 1746061653596
 TTL = 7 * 24 * 3600
-
-
-class Clock:
-    def __init__(self, now: float = 1_800_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
@@ -36,8 +29,8 @@ def dynamodb() -> Iterator[object]:
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> FakeClock:
+    return FakeClock()
 
 
 @pytest.fixture
@@ -93,7 +86,7 @@ def test_retrying_items_can_be_claimed_again(store) -> None:
 
 def test_expired_claim_becomes_uncertain_and_is_not_handed_out(store, clock) -> None:
     store.claim(ID, lease_seconds=90)
-    clock.now += 91
+    clock.advance(91)
 
     result = store.claim(ID, lease_seconds=90)
 
@@ -106,7 +99,7 @@ def test_expired_claim_becomes_uncertain_and_is_not_handed_out(store, clock) -> 
 
 def test_a_vanished_holder_cannot_overwrite_the_uncertain_verdict(store, clock) -> None:
     stale = store.claim(ID, lease_seconds=90).claim
-    clock.now += 91
+    clock.advance(91)
     store.claim(ID, lease_seconds=90)
 
     with pytest.raises(ClaimLostError):
@@ -120,7 +113,7 @@ def test_record_writes_the_outcome_and_clears_the_claim_and_stale_errors(store, 
     store.record(
         first, Outcome(Status.RETRYING, error_code=502, error_message="bad gateway", http_status=502)
     )
-    clock.now += 3600
+    clock.advance(3600)
     second = store.claim(ID, lease_seconds=90).claim
 
     store.record(second, Outcome(Status.RESENT, resent_message_id=ID + 7, org_id=100737, request_id="req-1"))
@@ -179,7 +172,7 @@ def test_missing_table_is_a_store_error(dynamodb, clock) -> None:
 def test_repeating_a_settle_whose_answer_was_lost_is_a_success(store, clock, outcome) -> None:
     claim = store.claim(ID, lease_seconds=90).claim
     store.record(claim, outcome)
-    clock.now += 1  # the repeat is a new request, not a byte-identical SDK retry
+    clock.advance(1)  # the repeat is a new request, not a byte-identical SDK retry
 
     store.record(claim, outcome)
 
@@ -286,7 +279,7 @@ def test_a_policy_skip_leaves_a_live_claim_alone(store) -> None:
 
 def test_a_policy_skip_turns_a_vanished_claim_uncertain(store, clock) -> None:
     store.claim(ID, lease_seconds=90)
-    clock.now += 3600
+    clock.advance(3600)
 
     result = store.settle_without_call(ID, SKIP)
 
