@@ -5,13 +5,10 @@ from __future__ import annotations
 import base64
 import json
 import re
-import sys
 import threading
-import time
 import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from types import CodeType, FrameType
 from typing import Any
 
 import boto3
@@ -492,36 +489,43 @@ class Crowd:
             raise self.errors[0]
         return self.results
 
-    def wait_until_all_inside(self, code: CodeType, timeout: float = 10.0) -> None:
-        """Return once every other thread of the crowd is running ``code`` (or blocked in it), or has ended.
 
-        Called from inside the secret read, it holds that read open until the whole crowd has reached
-        ``get()``: with a lock they all wait for it; without one they would all read the secret too.
-        """
-        me = threading.get_ident()
-        others = {thread.ident for thread in self.threads} - {me}
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            frames = sys._current_frames()
-            if all(ident not in frames or _runs(frames[ident], code) for ident in others):
-                return
+class ObservedLock:
+    """A lock that counts the threads that found it held and had to wait for it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._changed = threading.Condition()
+        self._waiters = 0
+
+    def __enter__(self) -> ObservedLock:
+        if not self._lock.acquire(blocking=False):
+            with self._changed:
+                self._waiters += 1
+                self._changed.notify_all()
+            self._lock.acquire()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._lock.release()
+
+    def wait_for_waiters(self, count: int, timeout: float) -> None:
+        with self._changed:
+            arrived = self._changed.wait_for(lambda: self._waiters >= count, timeout)
+        assert arrived, f"only {self._waiters} of {count} threads waited for the cache's lock"
 
 
-def _runs(frame: FrameType | None, code: CodeType) -> bool:
-    while frame is not None:
-        if frame.f_code is code:
-            return True
-        frame = frame.f_back
-    return False
-
-
-def test_cold_provider_reads_once_for_many_threads(secrets: Secrets) -> None:
+def test_cold_provider_reads_once_for_many_threads(secrets: Secrets, monkeypatch: pytest.MonkeyPatch) -> None:
     secrets.create(BASIC)
     provider = secrets.provider()
+    lock = ObservedLock()
+    monkeypatch.setattr(provider, "_lock", lock)
     crowd = Crowd(provider.get)
 
     def hold_the_read_open(**_: Any) -> None:
-        crowd.wait_until_all_inside(CredentialsProvider.get.__code__)
+        # The read stays open until every other thread is queued behind it: a cache that let them past
+        # would have them all reading too, and this wait would fail in each of them.
+        lock.wait_for_waiters(THREADS - 1, timeout=10)
 
     event = "before-call.secrets-manager.GetSecretValue"
     secrets.client.meta.events.register(event, hold_the_read_open, unique_id="test-hold")
