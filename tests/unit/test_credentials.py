@@ -285,7 +285,7 @@ def test_refreshed_after_max_age(secrets: Secrets) -> None:
     second = provider.get()
 
     assert secrets.counter.calls == 2
-    assert second.generation > first.generation
+    assert second.generation == first.generation + 1
     # The new read starts a new max-age period.
     secrets.clock.advance(MAX_AGE - 1)
     assert provider.get() is second
@@ -324,7 +324,7 @@ def test_invalidate_forces_exactly_one_reread(secrets: Secrets) -> None:
     third = provider.get()
 
     assert secrets.counter.calls == 2
-    assert second.generation != first.generation
+    assert second.generation == first.generation + 1
     assert third is second
 
 
@@ -364,7 +364,7 @@ def test_rotation_then_invalidate_returns_the_new_credentials(secrets: Secrets) 
     after = provider.get()
 
     assert after.credentials == OAuthCredentials(CLIENT_KEY, "cs-rotated")
-    assert after.generation != before.generation
+    assert after.generation == before.generation + 1
     assert secrets.counter.calls == 2
 
 
@@ -551,7 +551,7 @@ def test_many_threads_invalidating_the_same_generation_cause_one_reread(secrets:
     results = Crowd(fail_then_retry).run()
 
     assert secrets.counter.calls == 2
-    assert {result.generation for result in results} == {results[0].generation}
+    assert {result.generation for result in results} == {first.generation + 1}
     assert results[0].credentials == BasicCredentials(USERNAME, "rotated-password")
 
 

@@ -20,6 +20,7 @@ from resender.local.aws import create_pacing_table, make_dynamodb_writes_atomic
 from resender.models import ResendResult, Verdict
 from resender.pacing import (
     DEFAULT_ORG,
+    UNAVAILABLE_RETRY_SECONDS,
     HoldReason,
     PacingConfig,
     Permit,
@@ -103,10 +104,10 @@ def test_slots_are_spaced_by_the_interval_and_callers_sleep_until_theirs(dynamod
 
     slots = [granted(limiter.acquire(ORG, 10)).go_at - start for _ in range(4)]
 
-    assert slots == pytest.approx([0, 1, 2, 3], abs=0.002)
+    assert slots == [0, 1, 2, 3]
     permit = granted(limiter.acquire(ORG, 10))
-    assert limiter.wait(permit) == pytest.approx(4000, abs=2)
-    assert clock.now == pytest.approx(start + 4, abs=0.002)
+    assert limiter.wait(permit) == 4000
+    assert clock.now == start + 4
 
 
 def test_no_slot_within_the_wait_is_a_refusal_that_takes_nothing(dynamodb, clock) -> None:
@@ -118,7 +119,7 @@ def test_no_slot_within_the_wait_is_a_refusal_that_takes_nothing(dynamodb, clock
     refusal = refused(limiter.acquire(ORG, 2))
 
     assert refusal.reason is HoldReason.LIMITED
-    assert refusal.retry_at == pytest.approx(clock.now + 3, abs=0.002)
+    assert refusal.retry_at == clock.now + 3
     assert limiter.state(ORG) == before
 
 
@@ -141,7 +142,7 @@ def test_the_bucket_refills_continuously_not_at_the_top_of_the_minute(dynamodb, 
     refused(limiter.acquire(ORG, 0))
 
     clock.advance(15)
-    assert granted(limiter.acquire(ORG, 0)).go_at == pytest.approx(clock.now, abs=0.002)
+    assert granted(limiter.acquire(ORG, 0)).go_at == clock.now
     refused(limiter.acquire(ORG, 0))
 
 
@@ -152,7 +153,7 @@ def test_a_second_container_reads_the_first_ones_grants_from_its_failed_conditio
 
     permit = granted(second.acquire(ORG, 10))
 
-    assert permit.go_at == pytest.approx(clock.now + 2, abs=0.002)
+    assert permit.go_at == clock.now + 2
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -202,7 +203,7 @@ def test_throttling_lowers_the_shared_rate_once_per_window_and_holds_the_whole_o
     # Retry-After 2 s of a 60 s window: 58 s of it went by at 60 per window, so the limit is about 58.
     assert (state["rate"], state["ceiling"]) == (pytest.approx(55.1), pytest.approx(58))
     # Retry-After: 2 s for every container, not only the one that was told.
-    assert granted(second.acquire(ORG, 10)).go_at >= clock.now + 2
+    assert granted(second.acquire(ORG, 10)).go_at == clock.now + 2
     assert refused(second.acquire(ORG, 0)).reason is HoldReason.LIMITED
 
 
@@ -257,7 +258,7 @@ def test_a_hold_set_by_another_container_stops_a_permit_granted_before_it(dynamo
     hold = second.still_valid(waiting)
 
     assert hold is not None and hold.reason is HoldReason.LIMITED
-    assert hold.retry_at == pytest.approx(clock.now - 1.0 + 2.0, abs=0.002)
+    assert hold.retry_at == clock.now - 1.0 + 2.0
 
 
 def test_checking_permits_before_their_calls_reads_at_most_once_per_cache_period(dynamodb, clock) -> None:
@@ -285,9 +286,8 @@ def test_sustained_success_raises_the_rate_towards_the_last_throttled_one_then_p
         granted(limiter.acquire(ORG, 60))  # busy: the rate is what holds calls back
         rates.append(limiter.state(ORG)["rate"])
 
-    assert rates[:5] == [75, 87.5, 93.75, 95, 96]  # halfway back, stopping just short, then 1 % a period
-    assert rates == sorted(rates)
-    assert rates[-1] > 100  # past it, slowly: a raised limit is found again
+    # Halfway back, stopping just short, then 1 % a period and on past it: a raised limit is found again.
+    assert rates == [75, 87.5, 93.75, 95, 96, 97, 98, 99, 100, 101, 102, 103]
 
 
 def test_an_idle_org_does_not_raise_its_rate(dynamodb, clock) -> None:
@@ -341,7 +341,7 @@ def test_consecutive_outages_across_containers_open_the_breaker_for_everyone(dyn
     for container in (first, second):
         refusal = refused(container.acquire(ORG, 10))
         assert refusal.reason is HoldReason.BREAKER_OPEN
-        assert refusal.retry_at == pytest.approx(clock.now + 30, abs=0.002)
+        assert refusal.retry_at == clock.now + 30
 
 
 def test_a_success_between_failures_resets_the_count(dynamodb, clock) -> None:
@@ -419,7 +419,7 @@ def test_opening_the_breaker_voids_reserved_slots_so_the_probe_does_not_queue_be
     probe = granted(limiter.acquire(ORG, 60))
 
     assert probe.probe
-    assert probe.go_at == pytest.approx(clock.now, abs=0.002)
+    assert probe.go_at == clock.now
 
 
 def test_the_probe_interval_starts_when_the_probe_calls(dynamodb, clock) -> None:
@@ -478,7 +478,7 @@ def test_dynamodb_failing_is_a_refusal_never_a_grant(clock, error) -> None:
     refusal = refused(limiter.acquire(ORG, 10))
 
     assert refusal.reason is HoldReason.UNAVAILABLE
-    assert refusal.retry_at > clock.now
+    assert refusal.retry_at == clock.now + UNAVAILABLE_RETRY_SECONDS
     assert "Capillary was not called" in refusal.detail
 
 
@@ -490,4 +490,4 @@ def test_dynamodb_failing_after_the_call_is_swallowed(clock) -> None:
     for result in (THROTTLED, REFUSED, RESENT):
         limiter.observe(permit, result)
 
-    assert client.calls >= 3
+    assert client.calls == 3  # one write per observation, each failing and none retried

@@ -45,7 +45,7 @@ def test_first_claim_creates_an_in_progress_item_with_a_lease(store, clock) -> N
     item = store.get(ID)
     assert item["status"] == "IN_PROGRESS"
     assert item["attempts"] == 1
-    assert item["leaseExpiresAt"] >= clock.now + 90
+    assert item["leaseExpiresAt"] == clock.now + 90 + 1  # whole seconds, rounded up past the lease
     assert item["claimToken"] == result.claim.token
     assert item["expiresAt"] == int(clock.now) + TTL
     assert item["createdAt"] == item["updatedAt"]
@@ -123,7 +123,7 @@ def test_record_writes_the_outcome_and_clears_the_claim_and_stale_errors(store, 
     assert (item["resentMessageId"], item["orgId"], item["requestId"]) == (ID + 7, 100737, "req-1")
     assert not {"errorCode", "errorMessage", "httpStatus", "claimToken", "leaseExpiresAt"} & item.keys()
     assert item["expiresAt"] == int(clock.now) + TTL  # counted from the last update
-    assert item["createdAt"] < item["updatedAt"]
+    assert (item["createdAt"], item["updatedAt"]) == ("2027-01-15T08:00:00.000Z", "2027-01-15T09:00:00.000Z")
 
 
 def test_a_resend_links_the_new_message_to_its_origin_in_the_same_request(store, dynamodb) -> None:
