@@ -1,4 +1,4 @@
-"""The one fake clock of the tests: time that moves only when a test advances it or the code under test sleeps."""
+"""The one fake clock of the tests: time moves only when a test advances it or the code under test sleeps."""
 
 from __future__ import annotations
 
