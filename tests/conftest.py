@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import boto3
 import pytest
@@ -17,6 +17,9 @@ from resender.local.aws import LocalResources, MotoServer, provision
 from resender.local.runner import DEMO_SECRET, DOCUMENTED_NOT_FOUND_ID, LocalContext
 from resender.local.stub import CapillaryStub
 from resender.observability import logger as resender_logger
+
+if TYPE_CHECKING:
+    from aws_lambda_powertools.utilities.typing import LambdaContext
 
 FAKE_AWS = {
     "AWS_ACCESS_KEY_ID": "testing",
@@ -91,7 +94,7 @@ def invoke(function_env: dict[str, str]) -> Invoke:
     """Call the real handler as Lambda would."""
 
     def call(event: dict[str, Any], timeout_seconds: float = 30.0) -> dict[str, Any]:
-        return app.lambda_handler(event, LocalContext(timeout_seconds))
+        return app.lambda_handler(event, cast("LambdaContext", LocalContext(timeout_seconds)))
 
     return call
 
@@ -135,7 +138,7 @@ def dead_letters(local_aws: LocalResources) -> Callable[[], list[dict[str, Any]]
             ).get("Messages", [])
             if not batch:
                 return messages
-            messages.extend(batch)
+            messages.extend(cast("list[dict[str, Any]]", batch))
 
     return drain
 
@@ -158,5 +161,6 @@ def log_lines() -> Iterator[list[str]]:
     resender_logger.addHandler(capture)
     resender_logger.setLevel("DEBUG")
     yield capture.lines
-    resender_logger.removeHandler(capture)
+    # Powertools proxies removeHandler to its standard logger without declaring it: remove it there.
+    logging.getLogger(resender_logger.name).removeHandler(capture)
     resender_logger.setLevel(previous)

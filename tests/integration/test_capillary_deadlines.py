@@ -62,6 +62,7 @@ class HeaderCredentials(BasicCredentials):
         object.__setattr__(self, "_value", value)
 
     __slots__ = ("_value",)
+    _value: str
 
     def headers(self) -> dict[str, str]:
         return {"Authorization": self._value}
