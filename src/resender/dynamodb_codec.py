@@ -34,7 +34,7 @@ def to_attribute_value(value: PlainValue) -> AttributeValue:
     if isinstance(value, int):
         return {"N": str(value)}
     if isinstance(value, str):
-        return {"S": value}
+        return {"S": str(value)}  # a StrEnum member goes as its plain text
     raise TypeError(f"no DynamoDB encoding for {type(value).__name__}")
 
 

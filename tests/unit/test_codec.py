@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from resender.dynamodb_codec import item_numbers, item_to_plain, to_attribute_value, to_item
+from resender.models import Status
 
 # What the outcomes table holds: ids, counts and epoch seconds (whole numbers, at most DynamoDB's 38 digits,
 # negative only in a hostile answer), statuses, tokens and messages, and the operator's ``forced`` flag.
@@ -91,3 +92,10 @@ def test_types_the_project_never_writes_are_left_out() -> None:
 def test_a_value_of_another_python_type_has_no_encoding() -> None:
     with pytest.raises(TypeError, match="no DynamoDB encoding for Decimal"):
         to_attribute_value(Decimal(1))  # type: ignore[arg-type]
+
+
+def test_a_status_is_written_as_its_plain_text() -> None:
+    value = to_attribute_value(Status.RESENT)
+
+    assert value == {"S": "RESENT"}
+    assert type(value["S"]) is str
