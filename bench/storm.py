@@ -33,6 +33,7 @@ from typing import Any, Final
 import boto3
 
 from bench.workload import Context, IdAllocator
+from resender.dynamodb_codec import item_numbers
 
 Handler = Callable[[dict[str, Any], Any], Any]
 
@@ -320,8 +321,8 @@ class Stack:
 
     def breaker_open(self, pacing_table: str) -> bool:
         item = self.dynamodb.get_item(TableName=pacing_table, Key={"org": {"S": "default"}}).get("Item", {})
-        open_until = item.get("openUntil")
-        return open_until is not None and float(open_until["N"]) / 1000 > time.time()
+        open_until = item_numbers(item).get("openUntil")
+        return open_until is not None and open_until / 1000 > time.time()
 
 
 @dataclass

@@ -5,17 +5,21 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import boto3
 import pytest
 import requests
 
 from resender import app
+from resender.dynamodb_codec import item_to_plain, to_item
 from resender.local.aws import LocalResources, MotoServer, provision
 from resender.local.runner import DEMO_SECRET, DOCUMENTED_NOT_FOUND_ID, LocalContext
 from resender.local.stub import CapillaryStub
 from resender.observability import logger as resender_logger
+
+if TYPE_CHECKING:
+    from aws_lambda_powertools.utilities.typing import LambdaContext
 
 FAKE_AWS = {
     "AWS_ACCESS_KEY_ID": "testing",
@@ -90,7 +94,7 @@ def invoke(function_env: dict[str, str]) -> Invoke:
     """Call the real handler as Lambda would."""
 
     def call(event: dict[str, Any], timeout_seconds: float = 30.0) -> dict[str, Any]:
-        return app.lambda_handler(event, LocalContext(timeout_seconds))
+        return app.lambda_handler(event, cast("LambdaContext", LocalContext(timeout_seconds)))
 
     return call
 
@@ -101,11 +105,9 @@ def outcome(local_aws: LocalResources) -> Callable[[int], dict[str, Any] | None]
     client = boto3.client("dynamodb", endpoint_url=local_aws.endpoint_url)
 
     def read(message_id: int) -> dict[str, Any] | None:
-        item = client.get_item(TableName=local_aws.table_name, Key={"messageId": {"N": str(message_id)}})
+        item = client.get_item(TableName=local_aws.table_name, Key=to_item({"messageId": message_id}))
         typed = item.get("Item")
-        if typed is None:
-            return None
-        return {name: int(value["N"]) if "N" in value else value.get("S") for name, value in typed.items()}
+        return None if typed is None else item_to_plain(typed)
 
     return read
 
@@ -136,7 +138,7 @@ def dead_letters(local_aws: LocalResources) -> Callable[[], list[dict[str, Any]]
             ).get("Messages", [])
             if not batch:
                 return messages
-            messages.extend(batch)
+            messages.extend(cast("list[dict[str, Any]]", batch))
 
     return drain
 
@@ -159,5 +161,6 @@ def log_lines() -> Iterator[list[str]]:
     resender_logger.addHandler(capture)
     resender_logger.setLevel("DEBUG")
     yield capture.lines
-    resender_logger.removeHandler(capture)
+    # Powertools proxies removeHandler to its standard logger without declaring it: remove it there.
+    logging.getLogger(resender_logger.name).removeHandler(capture)
     resender_logger.setLevel(previous)

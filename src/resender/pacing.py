@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from resender.dynamodb_codec import item_numbers
 from resender.models import ResendResult, Verdict
 
 if TYPE_CHECKING:
@@ -253,12 +254,12 @@ class SharedPacer:
         except ClientError as error:
             if _code(error) != "ConditionalCheckFailedException":
                 return self._unavailable(org, now, _code(error))
-            old = _numbers(error.response.get("Item") or {})  # type: ignore[arg-type]
+            old = item_numbers(error.response.get("Item") or {})  # type: ignore[arg-type]
             self._remember(org, old, now)
             return self._refusal_from(org, old, now, max_wait)
         except BotoCoreError as error:
             return self._unavailable(org, now, type(error).__name__)
-        new = _numbers(response.get("Attributes", {}))
+        new = item_numbers(response.get("Attributes", {}))
         self._remember(org, new, now)
         # The tat this grant started from; its slot opens one tolerance before it.
         reserved_ms = new.get("tat", now * 1000 + plan.interval_ms) - plan.interval_ms
@@ -346,7 +347,7 @@ class SharedPacer:
                 )
             except (ClientError, BotoCoreError):
                 return seen  # the grant stands; what was known of holds still applies
-            self._remember(org, _numbers(response.get("Item", {})), self._clock())
+            self._remember(org, item_numbers(response.get("Item", {})), self._clock())
             return self._snapshot(org)
 
     # -- what Capillary answered ---------------------------------------------------------------------
@@ -433,7 +434,7 @@ class SharedPacer:
             ExpressionAttributeValues={":one": _n(1)},
             ReturnValues="ALL_NEW",
         )
-        item = _numbers(response.get("Attributes", {}))
+        item = item_numbers(response.get("Attributes", {}))
         self._remember(org, item, now_ms / 1000)
         if item.get("failures", 0) < config.breaker_threshold or item.get("openUntil", 0) > now_ms:
             return
@@ -462,7 +463,7 @@ class SharedPacer:
             ExpressionAttributeValues={":zero": _n(0)},
             ReturnValues="ALL_NEW",
         )
-        self._remember(permit.org, _numbers(response.get("Attributes", {})), self._clock())
+        self._remember(permit.org, item_numbers(response.get("Attributes", {})), self._clock())
 
     def _conditional(
         self,
@@ -488,7 +489,7 @@ class SharedPacer:
             if _code(error) == "ConditionalCheckFailedException":
                 return  # another container wrote the same news first
             raise
-        self._remember(org, _numbers(response.get("Attributes", {})), self._clock())
+        self._remember(org, item_numbers(response.get("Attributes", {})), self._clock())
 
     # -- what this container saw ---------------------------------------------------------------------
 
@@ -506,7 +507,7 @@ class SharedPacer:
     def state(self, org: str) -> dict[str, float]:
         """The org's item as it is now in DynamoDB (for operators and tests)."""
         response = self._client.get_item(TableName=self._table, Key={"org": {"S": org}}, ConsistentRead=True)
-        return _numbers(response.get("Item", {}))
+        return item_numbers(response.get("Item", {}))
 
 
 @dataclass(frozen=True, slots=True)
@@ -588,15 +589,6 @@ def _n(value: float) -> dict[str, str]:
     if isinstance(value, int) or float(value).is_integer():
         return {"N": str(int(value))}
     return {"N": f"{value:.6f}".rstrip("0")}
-
-
-def _numbers(item: Mapping[str, Any]) -> dict[str, float]:
-    numbers: dict[str, float] = {}
-    for name, typed in item.items():
-        if isinstance(typed, Mapping) and "N" in typed:
-            value = float(typed["N"])
-            numbers[name] = int(value) if value.is_integer() else value
-    return numbers
 
 
 def _code(error: ClientError) -> str:

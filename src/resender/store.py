@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Final, cast
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from resender.dynamodb_codec import item_to_plain, to_attribute_value
 from resender.errors import ResenderError
 from resender.models import FINAL_STATUSES, ResendResult, Status
 
@@ -202,7 +203,7 @@ class OutcomeStore:
         ]
         for index, (name, value) in enumerate(attributes.items()):
             names[f"#a{index}"] = name
-            values[f":a{index}"] = _attribute_value(value)
+            values[f":a{index}"] = to_attribute_value(value)
             assignments.append(f"#a{index} = :a{index}")
         removals = ["claimToken", "leaseExpiresAt"] + [
             name for name in OPTIONAL_ATTRIBUTES if name not in attributes
@@ -221,7 +222,7 @@ class OutcomeStore:
             if _code(error) != "ConditionalCheckFailedException":
                 raise StoreError(f"recording the outcome failed ({_code(error)})") from None
             existing = cast("Mapping[str, Any] | None", error.response.get("Item")) or self._read(message_id)
-            item = _plain(existing or {})
+            item = item_to_plain(existing or {})
             if item.get("status") == outcome.status and item.get("errorMessage") == outcome.error_message:
                 # Already skipped for the same reason: an SDK retry of this write whose answer was lost, or
                 # a replay. Either way the answer is this outcome.
@@ -329,7 +330,7 @@ class OutcomeStore:
 
     def get(self, message_id: int) -> dict[str, Any] | None:
         item = self._read(message_id)
-        return _plain(item) if item else None
+        return item_to_plain(item) if item else None
 
     def _settle_update(self, claim: Claim, outcome: Outcome) -> dict[str, Any]:
         now = self._clock()
@@ -344,7 +345,7 @@ class OutcomeStore:
         assignments = ["#status = :status", "updatedAt = :now", "expiresAt = :expires"]
         for index, (name, value) in enumerate(attributes.items()):
             names[f"#a{index}"] = name
-            values[f":a{index}"] = _attribute_value(value)
+            values[f":a{index}"] = to_attribute_value(value)
             assignments.append(f"#a{index} = :a{index}")
         removals = ["claimToken", "leaseExpiresAt"] + [
             name for name in OPTIONAL_ATTRIBUTES if name not in attributes
@@ -381,7 +382,7 @@ class OutcomeStore:
     def _on_taken(
         self, message_id: int, token: str, existing: Mapping[str, Any] | None, now: float
     ) -> ClaimResult:
-        item = _plain(existing or {})
+        item = item_to_plain(existing or {})
         if item.get("claimToken") == token:
             # The SDK retried a claim whose first answer was lost: the claim that "failed" is our own.
             return ClaimResult(ClaimState.CLAIMED, _claim_from(message_id, token, existing or {}))
@@ -463,7 +464,7 @@ class OutcomeStore:
             raise StoreError(f"listing outcomes failed ({_code(error)})") from None
         except BotoCoreError as error:
             raise StoreError(f"listing outcomes failed ({type(error).__name__})") from None
-        items = [_plain(item) for item in response.get("Items", [])]
+        items = [item_to_plain(item) for item in response.get("Items", [])]
         last_key = response.get("LastEvaluatedKey")
         return items, (dict(last_key) if last_key else None)
 
@@ -549,7 +550,7 @@ def linkable(message_id: int, resent_message_id: int | None) -> bool:
 
 
 def _claim_from(message_id: int, token: str, typed_item: Mapping[str, Any]) -> Claim:
-    item = _plain(typed_item)
+    item = item_to_plain(typed_item)
     return Claim(
         message_id=message_id,
         token=token,
@@ -568,25 +569,6 @@ def _iso(epoch_seconds: float) -> str:
     return (
         datetime.fromtimestamp(epoch_seconds, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     )
-
-
-def _attribute_value(value: object) -> dict[str, str]:
-    if isinstance(value, int):
-        return {"N": str(value)}
-    return {"S": str(value)}
-
-
-def _plain(item: Mapping[str, Any]) -> dict[str, Any]:
-    """DynamoDB's typed JSON to plain values (numbers as int, since every number we store is whole)."""
-    plain: dict[str, Any] = {}
-    for name, typed in item.items():
-        if "N" in typed:
-            plain[name] = int(typed["N"])
-        elif "S" in typed:
-            plain[name] = typed["S"]
-        elif "BOOL" in typed:
-            plain[name] = typed["BOOL"]
-    return plain
 
 
 def _status(value: object) -> Status | None:
@@ -616,7 +598,7 @@ def _already_recorded(error: ClientError, outcome: Outcome) -> bool:
         found = reasons[0].get("Item")
     else:
         return False
-    item = _plain(cast("Mapping[str, Any]", found or {}))
+    item = item_to_plain(cast("Mapping[str, Any]", found or {}))
     return (
         "claimToken" not in item
         and item.get("status") == outcome.status

@@ -30,6 +30,7 @@ from resender.processor import DEADLINE_SAFETY_SECONDS
 from resender.scrub import REDACTED
 from resender.settings import Settings, minimum_resend_seconds
 from tests.builders import failure, sns_event
+from tests.clock import FakeClock
 from tests.integration import test_capillary_client as client_tests
 from tests.integration.test_capillary_client import (
     BASIC,
@@ -61,19 +62,10 @@ class HeaderCredentials(BasicCredentials):
         object.__setattr__(self, "_value", value)
 
     __slots__ = ("_value",)
+    _value: str
 
     def headers(self) -> dict[str, str]:
         return {"Authorization": self._value}
-
-
-class MovableClock:
-    """time.monotonic plus an offset a test can add to, e.g. from a response hook."""
-
-    def __init__(self) -> None:
-        self.offset = 0.0
-
-    def __call__(self) -> float:
-        return time.monotonic() + self.offset
 
 
 # -- a request that failed while it was being built never left ------------------------------------------
@@ -212,7 +204,7 @@ def test_a_token_request_that_would_not_leave_room_for_the_resend_is_not_made(st
 def test_the_second_attempt_after_an_auth_failure_is_not_made_when_it_does_not_fit(
     stub: CapillaryStub, credentials: Credentials
 ) -> None:
-    clock = MovableClock()
+    clock = FakeClock()
     session = build_session(2)
     client = make_client(stub.base_url, FakeCredentials(credentials), session=session, clock=clock)
     assert client.resend(MESSAGE_ID + 1).verdict is Verdict.RESENT  # a warm client: any token is cached
@@ -220,7 +212,7 @@ def test_the_second_attempt_after_an_auth_failure_is_not_made_when_it_does_not_f
 
     def slow_answer(response: requests.Response, *args: Any, **kwargs: Any) -> None:
         if response.url.endswith(RESEND_PATH):
-            clock.offset += slow  # the 401 "took" most of a request's time
+            clock.advance(slow)  # the 401 "took" most of a request's time
 
     session.hooks["response"].append(slow_answer)
     stub.script(MESSAGE_ID, Behaviour.UNAUTHORIZED)

@@ -47,6 +47,7 @@ from botocore.exceptions import EndpointConnectionError, ReadTimeoutError
 from resender import app
 from resender.aws import client_config
 from resender.capillary import build_session
+from resender.dynamodb_codec import item_to_plain
 from resender.local.aws import MAX_RECEIVE_COUNT, LocalResources, provision
 from resender.local.runner import DEMO_SECRET, LocalContext
 from resender.local.stub import Behaviour, CapillaryStub, basic_auth_header
@@ -122,7 +123,7 @@ def _kind(operation: str, params: dict[str, Any]) -> str:
 def _message_id(operation: str, params: dict[str, Any]) -> int | None:
     if operation == "TransactWriteItems":
         params = params["TransactItems"][0]["Update"]
-    key = params.get("Key", {}).get("messageId", {}).get("N")
+    key = item_to_plain(params.get("Key", {})).get("messageId")
     return int(key) if key else None
 
 
@@ -357,8 +358,8 @@ class Matrix:
 
     def items(self) -> dict[int, dict[str, Any]]:
         typed = self.dynamodb.scan(TableName=self.aws.table_name, ConsistentRead=True)["Items"]
-        plain = [{k: int(v["N"]) if "N" in v else v.get("S") for k, v in item.items()} for item in typed]
-        return {item["messageId"]: item for item in plain}
+        plain = [item_to_plain(item) for item in typed]
+        return {int(item["messageId"]): item for item in plain}
 
     # running --------------------------------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ import boto3
 import pytest
 
 from resender import app
+from resender.dynamodb_codec import to_item
 from resender.local.runner import DEMO_SECRET, LocalContext, as_delivered_now
 from resender.local.stub import Behaviour, basic_auth_header
 from resender.observability import MetricName
@@ -222,13 +223,15 @@ def test_claim_left_by_a_vanished_holder_becomes_uncertain_without_a_call(
     dynamodb = boto3.client("dynamodb", endpoint_url=local_aws.endpoint_url)
     dynamodb.put_item(
         TableName=local_aws.table_name,
-        Item={
-            "messageId": {"N": str(ID)},
-            "status": {"S": "IN_PROGRESS"},
-            "attempts": {"N": "1"},
-            "claimToken": {"S": "vanished-holder"},
-            "leaseExpiresAt": {"N": str(int(time.time()) - 1)},
-        },
+        Item=to_item(
+            {
+                "messageId": ID,
+                "status": "IN_PROGRESS",
+                "attempts": 1,
+                "claimToken": "vanished-holder",
+                "leaseExpiresAt": int(time.time()) - 1,
+            }
+        ),
     )
 
     response = invoke(sqs_event(failure(ID), receive_count=2))
@@ -244,12 +247,14 @@ def test_live_claim_of_another_holder_is_retried_later_not_resent(invoke, stub, 
     dynamodb = boto3.client("dynamodb", endpoint_url=local_aws.endpoint_url)
     dynamodb.put_item(
         TableName=local_aws.table_name,
-        Item={
-            "messageId": {"N": str(ID)},
-            "status": {"S": "IN_PROGRESS"},
-            "claimToken": {"S": "busy-holder"},
-            "leaseExpiresAt": {"N": str(int(time.time()) + 600)},
-        },
+        Item=to_item(
+            {
+                "messageId": ID,
+                "status": "IN_PROGRESS",
+                "claimToken": "busy-holder",
+                "leaseExpiresAt": int(time.time()) + 600,
+            }
+        ),
     )
 
     response = invoke(sqs_event(failure(ID)))

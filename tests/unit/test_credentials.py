@@ -5,13 +5,10 @@ from __future__ import annotations
 import base64
 import json
 import re
-import sys
 import threading
-import time
 import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from types import CodeType, FrameType
 from typing import Any
 
 import boto3
@@ -32,6 +29,7 @@ from resender.credentials import (
     parse_secret,
     parse_secret_document,
 )
+from tests.clock import FakeClock
 
 # The worked example from Capillary's authentication docs: store.server / server123.
 DOC_USER = "store.server"
@@ -197,17 +195,6 @@ def test_reprs_hide_the_password_and_the_client_secret() -> None:
 
 
 @dataclass
-class FakeClock:
-    now: float = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-@dataclass
 class CallCounter:
     """Counts GetSecretValue calls, seen by botocore before they are sent."""
 
@@ -298,7 +285,7 @@ def test_refreshed_after_max_age(secrets: Secrets) -> None:
     second = provider.get()
 
     assert secrets.counter.calls == 2
-    assert second.generation > first.generation
+    assert second.generation == first.generation + 1
     # The new read starts a new max-age period.
     secrets.clock.advance(MAX_AGE - 1)
     assert provider.get() is second
@@ -337,7 +324,7 @@ def test_invalidate_forces_exactly_one_reread(secrets: Secrets) -> None:
     third = provider.get()
 
     assert secrets.counter.calls == 2
-    assert second.generation != first.generation
+    assert second.generation == first.generation + 1
     assert third is second
 
 
@@ -377,7 +364,7 @@ def test_rotation_then_invalidate_returns_the_new_credentials(secrets: Secrets) 
     after = provider.get()
 
     assert after.credentials == OAuthCredentials(CLIENT_KEY, "cs-rotated")
-    assert after.generation != before.generation
+    assert after.generation == before.generation + 1
     assert secrets.counter.calls == 2
 
 
@@ -502,36 +489,43 @@ class Crowd:
             raise self.errors[0]
         return self.results
 
-    def wait_until_all_inside(self, code: CodeType, timeout: float = 10.0) -> None:
-        """Return once every other thread of the crowd is running ``code`` (or blocked in it), or has ended.
 
-        Called from inside the secret read, it holds that read open until the whole crowd has reached
-        ``get()``: with a lock they all wait for it; without one they would all read the secret too.
-        """
-        me = threading.get_ident()
-        others = {thread.ident for thread in self.threads} - {me}
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            frames = sys._current_frames()
-            if all(ident not in frames or _runs(frames[ident], code) for ident in others):
-                return
+class ObservedLock:
+    """A lock that counts the threads that found it held and had to wait for it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._changed = threading.Condition()
+        self._waiters = 0
+
+    def __enter__(self) -> ObservedLock:
+        if not self._lock.acquire(blocking=False):
+            with self._changed:
+                self._waiters += 1
+                self._changed.notify_all()
+            self._lock.acquire()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._lock.release()
+
+    def wait_for_waiters(self, count: int, timeout: float) -> None:
+        with self._changed:
+            arrived = self._changed.wait_for(lambda: self._waiters >= count, timeout)
+        assert arrived, f"only {self._waiters} of {count} threads waited for the cache's lock"
 
 
-def _runs(frame: FrameType | None, code: CodeType) -> bool:
-    while frame is not None:
-        if frame.f_code is code:
-            return True
-        frame = frame.f_back
-    return False
-
-
-def test_cold_provider_reads_once_for_many_threads(secrets: Secrets) -> None:
+def test_cold_provider_reads_once_for_many_threads(secrets: Secrets, monkeypatch: pytest.MonkeyPatch) -> None:
     secrets.create(BASIC)
     provider = secrets.provider()
+    lock = ObservedLock()
+    monkeypatch.setattr(provider, "_lock", lock)
     crowd = Crowd(provider.get)
 
     def hold_the_read_open(**_: Any) -> None:
-        crowd.wait_until_all_inside(CredentialsProvider.get.__code__)
+        # The read stays open until every other thread is queued behind it: a cache that let them past
+        # would have them all reading too, and this wait would fail in each of them.
+        lock.wait_for_waiters(THREADS - 1, timeout=10)
 
     event = "before-call.secrets-manager.GetSecretValue"
     secrets.client.meta.events.register(event, hold_the_read_open, unique_id="test-hold")
@@ -557,7 +551,7 @@ def test_many_threads_invalidating_the_same_generation_cause_one_reread(secrets:
     results = Crowd(fail_then_retry).run()
 
     assert secrets.counter.calls == 2
-    assert {result.generation for result in results} == {results[0].generation}
+    assert {result.generation for result in results} == {first.generation + 1}
     assert results[0].credentials == BasicCredentials(USERNAME, "rotated-password")
 
 
