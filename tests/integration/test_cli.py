@@ -24,6 +24,7 @@ from botocore.exceptions import EndpointConnectionError
 from resender import app
 from resender.cli.rendering import parse_since
 from resender.cli.target import AwsTarget
+from resender.dynamodb_codec import PlainValue, to_item
 from resender.local.aws import LocalResources, MotoServer
 from resender.local.runner import DOCUMENTED_NOT_FOUND_ID
 from resender.local.runner import sqs_event as event_of_messages
@@ -102,16 +103,10 @@ def sqs(resources: LocalResources) -> Any:
     return boto3.client("sqs", endpoint_url=resources.endpoint_url)
 
 
-def put_outcome(resources: LocalResources, message_id: int, **attributes: object) -> None:
-    item: dict[str, Any] = {"messageId": {"N": str(message_id)}}
-    for name, value in attributes.items():
-        if isinstance(value, bool):
-            item[name] = {"BOOL": value}
-        elif isinstance(value, int):
-            item[name] = {"N": str(value)}
-        else:
-            item[name] = {"S": str(value)}
-    dynamodb(resources).put_item(TableName=resources.table_name, Item=item)
+def put_outcome(resources: LocalResources, message_id: int, **attributes: PlainValue) -> None:
+    dynamodb(resources).put_item(
+        TableName=resources.table_name, Item=to_item({"messageId": message_id, **attributes})
+    )
 
 
 def read_item(resources: LocalResources, message_id: int) -> dict[str, Any]:

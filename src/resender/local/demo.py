@@ -13,6 +13,7 @@ import boto3
 from resender.events import MessageIdParser, Notice, parse_event
 from resender.local.runner import Invocation, LocalStack, invoke, load_event, local_stack
 from resender.queues import POISON_REASON_ATTRIBUTE
+from resender.store import OutcomeStore
 
 COLUMNS = ("event file", "messageId", "orgId", "status", "resentMessageId", "reason")
 
@@ -37,7 +38,9 @@ def outcome_rows(
     An id that came twice in the batch, or was settled before this invocation (``updatedAt`` before
     ``invoked_at``), is shown as ``DUPLICATE`` with the status found, never as a second ``RESENT``.
     """
-    dynamodb = boto3.client("dynamodb", endpoint_url=stack.resources.endpoint_url)
+    store = OutcomeStore(
+        boto3.client("dynamodb", endpoint_url=stack.resources.endpoint_url), stack.resources.table_name
+    )
     parser = MessageIdParser()
     rows: list[tuple[str, ...]] = []
     seen: set[int] = set()
@@ -47,17 +50,14 @@ def outcome_rows(
         if not isinstance(parsed, Notice):
             rows.append((invocation.event_file, "-", "-", "POISON -> DLQ", "-", parsed.reason))
             continue
-        item = dynamodb.get_item(
-            TableName=stack.resources.table_name, Key={"messageId": {"N": str(parsed.message_id)}}
-        ).get("Item", {})
-        status = item.get("status", {}).get("S", "-")
-        updated_at = item.get("updatedAt", {}).get("S", "")
-        if parsed.message_id in seen or (status != "-" and updated_at < invoked_at):
+        item = store.get(parsed.message_id) or {}
+        status = str(item.get("status", "-"))
+        if parsed.message_id in seen or (status != "-" and str(item.get("updatedAt", "")) < invoked_at):
             status = f"DUPLICATE ({status})"
         seen.add(parsed.message_id)
-        resent = item.get("resentMessageId", {}).get("N", "-")
-        org = item.get("orgId", {}).get("N", "-")
-        reason = item.get("errorMessage", {}).get("S", "")
+        resent = str(item.get("resentMessageId", "-"))
+        org = str(item.get("orgId", "-"))
+        reason = str(item.get("errorMessage", ""))
         if invocation.error:
             reason = f"invocation failed: {invocation.error}"
         rows.append((invocation.event_file, str(parsed.message_id), org, status, resent, reason))
