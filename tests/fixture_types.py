@@ -9,8 +9,8 @@ from typing import Any
 ReadOutcome = Callable[[int], dict[str, Any] | None]
 #: ``dead_letters``: every message now in the dead-letter queue, with its attributes.
 DrainDeadLetters = Callable[[], list[dict[str, Any]]]
-#: ``set_secret``: a new version of the Capillary secret.
-SetSecret = Callable[[dict[str, str]], None]
+#: ``set_secret``: a new version of the Capillary secret, any JSON document (an org map nests objects).
+SetSecret = Callable[[dict[str, Any]], None]
 
 
 def stored(outcome: ReadOutcome, message_id: int) -> dict[str, Any]:
