@@ -219,7 +219,8 @@ class Capillary:
 class Queues(sqs_queues.Queues):
     """Keeps poison in memory; as a subclass, each override is held to the real signature."""
 
-    def __init__(self, delay_fails: bool) -> None:  # no SQS client: the processor's calls are overridden
+    # No SQS client: every call of an unpaced batch is overridden.
+    def __init__(self, delay_fails: bool) -> None:
         self.kept: list[str] = []
         self._delay_fails = delay_fails
 

@@ -141,7 +141,7 @@ class FakeCapillary:
 class FakeQueues(Queues):
     """Records what would go to SQS; as a subclass, each override is held to the real signature."""
 
-    def __init__(self) -> None:  # no SQS client: every method the processor calls is overridden
+    def __init__(self) -> None:  # no SQS client: every call of an unpaced batch is overridden
         self.delays: list[tuple[str, str, int]] = []
         self.kept: list[tuple[str, str]] = []
         self.failing_handles: set[str | None] = set()
