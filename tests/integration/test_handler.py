@@ -7,24 +7,28 @@ import json
 import threading
 import time
 from pathlib import Path
+from typing import Any, cast
 
 import boto3
 import pytest
+from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from resender import app
 from resender.dynamodb_codec import to_item
+from resender.local.aws import LocalResources
 from resender.local.runner import DEMO_SECRET, LocalContext, as_delivered_now
-from resender.local.stub import Behaviour, basic_auth_header
+from resender.local.stub import Behaviour, CapillaryStub, basic_auth_header
 from resender.observability import MetricName
 from resender.queues import POISON_REASON_ATTRIBUTE
 from tests.builders import eventbridge_event, failure, sns_envelope, sns_event, sqs_event, sqs_record
-from tests.conftest import OAUTH_SECRET
+from tests.conftest import OAUTH_SECRET, Invoke
+from tests.fixture_types import DrainDeadLetters, ReadOutcome, SetSecret, stored
 
 EVENTS = Path(__file__).resolve().parents[2] / "events"
 ID = 1746061653596
 
 
-def failed_ids(response: dict) -> list[str]:
+def failed_ids(response: dict[str, Any]) -> list[str]:
     return [item["itemIdentifier"] for item in response["batchItemFailures"]]
 
 
@@ -40,15 +44,19 @@ def failed_ids(response: dict) -> list[str]:
         pytest.param(eventbridge_event({"messageId": ID, "channel": "EMAIL"}), id="eventbridge-in-sqs"),
     ],
 )
-def test_every_sqs_shape_resends_the_communication_id(invoke, stub, outcome, body) -> None:
+def test_every_sqs_shape_resends_the_communication_id(
+    invoke: Invoke, stub: CapillaryStub, outcome: ReadOutcome, body: str
+) -> None:
     response = invoke(sqs_event(body))
 
     assert response == {"batchItemFailures": []}
     assert [call.message_id for call in stub.resend_calls] == [ID]
-    assert outcome(ID)["status"] == "RESENT"
+    assert stored(outcome, ID)["status"] == "RESENT"
 
 
-def test_sns_envelope_id_is_never_taken_for_the_communication_id(invoke, stub, dead_letters) -> None:
+def test_sns_envelope_id_is_never_taken_for_the_communication_id(
+    invoke: Invoke, stub: CapillaryStub, dead_letters: DrainDeadLetters
+) -> None:
     # The envelope's own MessageId looks numeric here; the inner failure has no id at all.
     body = sns_envelope(json.dumps({"channel": "SMS"}), sns_message_id="1746061653596")
 
@@ -59,22 +67,24 @@ def test_sns_envelope_id_is_never_taken_for_the_communication_id(invoke, stub, d
     assert len(dead_letters()) == 1
 
 
-def test_direct_sns_invocation_resends(invoke, stub, outcome) -> None:
+def test_direct_sns_invocation_resends(invoke: Invoke, stub: CapillaryStub, outcome: ReadOutcome) -> None:
     invoke(sns_event(failure(ID)))
 
     assert stub.resends_performed(ID) == 1
-    assert outcome(ID)["status"] == "RESENT"
+    assert stored(outcome, ID)["status"] == "RESENT"
 
 
-def test_direct_sns_retryable_failure_raises_for_lambda_async_retries(invoke, stub, outcome) -> None:
+def test_direct_sns_retryable_failure_raises_for_lambda_async_retries(
+    invoke: Invoke, stub: CapillaryStub, outcome: ReadOutcome
+) -> None:
     stub.script(ID, Behaviour.SERVER_ERROR)
 
     with pytest.raises(app.RetryableFailureError):
         invoke(sns_event(failure(ID)))
 
-    assert outcome(ID)["status"] == "RETRYING"
+    assert stored(outcome, ID)["status"] == "RETRYING"
     invoke(sns_event(failure(ID)))  # Lambda's retry
-    assert outcome(ID)["status"] == "RESENT"
+    assert stored(outcome, ID)["status"] == "RESENT"
     assert stub.resends_performed(ID) == 1
 
 
@@ -88,7 +98,7 @@ def test_direct_sns_retryable_failure_raises_for_lambda_async_retries(invoke, st
         "sqs-eventbridge.json",
     ],
 )
-def test_sample_events_each_cause_one_resend(invoke, stub, name) -> None:
+def test_sample_events_each_cause_one_resend(invoke: Invoke, stub: CapillaryStub, name: str) -> None:
     event = as_delivered_now(json.loads((EVENTS / name).read_text()))
 
     response = invoke(event)
@@ -122,7 +132,12 @@ def test_sample_events_each_cause_one_resend(invoke, stub, name) -> None:
     ],
 )
 def test_each_answer_is_recorded_and_only_retryable_ones_are_reported(
-    invoke, stub, outcome, behaviour, status, retried
+    invoke: Invoke,
+    stub: CapillaryStub,
+    outcome: ReadOutcome,
+    behaviour: Behaviour,
+    status: str,
+    retried: bool,
 ) -> None:
     stub.hang_seconds = 5
     stub.script(ID, behaviour)
@@ -131,7 +146,7 @@ def test_each_answer_is_recorded_and_only_retryable_ones_are_reported(
     response = invoke(event)
 
     assert failed_ids(response) == ([event["Records"][0]["messageId"]] if retried else [])
-    item = outcome(ID)
+    item = stored(outcome, ID)
     assert item["status"] == status
     assert "claimToken" not in item
     if status == "NOT_FOUND":
@@ -144,7 +159,9 @@ def test_each_answer_is_recorded_and_only_retryable_ones_are_reported(
         assert item["errorMessage"]
 
 
-def test_retrying_item_is_claimed_again_and_resent_once(invoke, stub, outcome) -> None:
+def test_retrying_item_is_claimed_again_and_resent_once(
+    invoke: Invoke, stub: CapillaryStub, outcome: ReadOutcome
+) -> None:
     stub.script(ID, Behaviour.SERVER_ERROR)
 
     first = invoke(sqs_event(failure(ID)))
@@ -152,7 +169,7 @@ def test_retrying_item_is_claimed_again_and_resent_once(invoke, stub, outcome) -
 
     assert len(first["batchItemFailures"]) == 1
     assert second == {"batchItemFailures": []}
-    item = outcome(ID)
+    item = stored(outcome, ID)
     assert (item["status"], item["attempts"]) == ("RESENT", 2)
     assert "errorMessage" not in item  # the earlier failure does not linger on a success
     assert stub.resends_performed(ID) == 1
@@ -161,7 +178,7 @@ def test_retrying_item_is_claimed_again_and_resent_once(invoke, stub, outcome) -
 # -- at most one resend ------------------------------------------------------------------------------
 
 
-def test_duplicates_within_one_batch_resend_once(invoke, stub) -> None:
+def test_duplicates_within_one_batch_resend_once(invoke: Invoke, stub: CapillaryStub) -> None:
     event = sqs_event(failure(ID), failure(str(ID)), failure(ID + 1), failure(ID))
 
     response = invoke(event)
@@ -171,25 +188,31 @@ def test_duplicates_within_one_batch_resend_once(invoke, stub) -> None:
     assert stub.resends_performed(ID + 1) == 1
 
 
-def test_duplicates_across_invocations_resend_once(invoke, stub, outcome) -> None:
+def test_duplicates_across_invocations_resend_once(
+    invoke: Invoke, stub: CapillaryStub, outcome: ReadOutcome
+) -> None:
     invoke(sqs_event(failure(ID)))
     replay = invoke(sqs_event(failure(ID)))
 
     assert replay == {"batchItemFailures": []}
     assert stub.resends_performed(ID) == 1
-    assert outcome(ID)["attempts"] == 1
+    assert stored(outcome, ID)["attempts"] == 1
 
 
-def test_sixteen_concurrent_invocations_of_one_id_resend_once(function_env, stub, outcome) -> None:
+def test_sixteen_concurrent_invocations_of_one_id_resend_once(
+    function_env: dict[str, str], stub: CapillaryStub, outcome: ReadOutcome
+) -> None:
     stub.latency_seconds = 0.05  # keeps the first call in flight while the others arrive
     barrier = threading.Barrier(16)
-    responses: list[dict] = []
+    responses: list[dict[str, Any]] = []
     errors: list[BaseException] = []
 
     def run() -> None:
         barrier.wait()
         try:
-            responses.append(app.lambda_handler(sqs_event(failure(ID)), LocalContext()))
+            responses.append(
+                app.lambda_handler(sqs_event(failure(ID)), cast("LambdaContext", LocalContext()))
+            )
         except BaseException as error:
             errors.append(error)
 
@@ -202,23 +225,25 @@ def test_sixteen_concurrent_invocations_of_one_id_resend_once(function_env, stub
     assert errors == []
     assert len(responses) == 16
     assert stub.resends_performed(ID) == 1
-    assert outcome(ID)["status"] == "RESENT"
+    assert stored(outcome, ID)["status"] == "RESENT"
 
 
-def test_lost_answer_ends_uncertain_and_is_never_resent(invoke, stub, outcome) -> None:
+def test_lost_answer_ends_uncertain_and_is_never_resent(
+    invoke: Invoke, stub: CapillaryStub, outcome: ReadOutcome
+) -> None:
     stub.script(ID, Behaviour.DROP_AFTER_RESEND)
 
     first = invoke(sqs_event(failure(ID)))
     redelivery = invoke(sqs_event(failure(ID), receive_count=2))
 
     assert first == redelivery == {"batchItemFailures": []}
-    assert outcome(ID)["status"] == "UNCERTAIN"
+    assert stored(outcome, ID)["status"] == "UNCERTAIN"
     assert stub.resends_performed(ID) == 1
     assert len(stub.resend_calls) == 1
 
 
 def test_claim_left_by_a_vanished_holder_becomes_uncertain_without_a_call(
-    invoke, stub, outcome, local_aws
+    invoke: Invoke, stub: CapillaryStub, outcome: ReadOutcome, local_aws: LocalResources
 ) -> None:
     dynamodb = boto3.client("dynamodb", endpoint_url=local_aws.endpoint_url)
     dynamodb.put_item(
@@ -238,12 +263,14 @@ def test_claim_left_by_a_vanished_holder_becomes_uncertain_without_a_call(
 
     assert response == {"batchItemFailures": []}
     assert stub.resend_calls == []
-    item = outcome(ID)
+    item = stored(outcome, ID)
     assert item["status"] == "UNCERTAIN"
     assert "claim expired" in item["errorMessage"]
 
 
-def test_live_claim_of_another_holder_is_retried_later_not_resent(invoke, stub, outcome, local_aws) -> None:
+def test_live_claim_of_another_holder_is_retried_later_not_resent(
+    invoke: Invoke, stub: CapillaryStub, outcome: ReadOutcome, local_aws: LocalResources
+) -> None:
     dynamodb = boto3.client("dynamodb", endpoint_url=local_aws.endpoint_url)
     dynamodb.put_item(
         TableName=local_aws.table_name,
@@ -261,14 +288,14 @@ def test_live_claim_of_another_holder_is_retried_later_not_resent(invoke, stub, 
 
     assert len(response["batchItemFailures"]) == 1
     assert stub.resend_calls == []
-    assert outcome(ID)["status"] == "IN_PROGRESS"
+    assert stored(outcome, ID)["status"] == "IN_PROGRESS"
 
 
 # -- poison ----------------------------------------------------------------------------------------
 
 
 def test_poison_goes_to_the_dead_letter_queue_with_its_reason_and_never_to_capillary(
-    invoke, stub, dead_letters
+    invoke: Invoke, stub: CapillaryStub, dead_letters: DrainDeadLetters
 ) -> None:
     bodies = ["not json", json.dumps({"messageId": True}), json.dumps({"messageId": -1}), ""]
     event = sqs_event(*bodies, failure(ID))
@@ -286,7 +313,11 @@ def test_poison_goes_to_the_dead_letter_queue_with_its_reason_and_never_to_capil
 
 
 def test_poison_uses_the_source_queues_redrive_target_when_no_dlq_is_configured(
-    invoke, stub, dead_letters, monkeypatch, local_aws
+    invoke: Invoke,
+    stub: CapillaryStub,
+    dead_letters: DrainDeadLetters,
+    monkeypatch: pytest.MonkeyPatch,
+    local_aws: LocalResources,
 ) -> None:
     monkeypatch.delenv("DEAD_LETTER_QUEUE_URL")
     app.reset_container()
@@ -299,7 +330,7 @@ def test_poison_uses_the_source_queues_redrive_target_when_no_dlq_is_configured(
 
 
 def test_poison_that_cannot_be_copied_is_handed_back_to_sqs_not_to_capillary(
-    invoke, stub, monkeypatch
+    invoke: Invoke, stub: CapillaryStub, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("DEAD_LETTER_QUEUE_URL", "http://127.0.0.1:1/123456789012/missing-queue")
     app.reset_container()
@@ -314,7 +345,9 @@ def test_poison_that_cannot_be_copied_is_handed_back_to_sqs_not_to_capillary(
 # -- credentials -----------------------------------------------------------------------------------
 
 
-def test_oauth_token_is_reused_across_invocations_and_renewed_after_expiry(invoke, stub, set_secret) -> None:
+def test_oauth_token_is_reused_across_invocations_and_renewed_after_expiry(
+    invoke: Invoke, stub: CapillaryStub, set_secret: SetSecret
+) -> None:
     set_secret(OAUTH_SECRET)
     for offset in range(3):
         invoke(sqs_event(failure(ID + offset)))
@@ -328,7 +361,9 @@ def test_oauth_token_is_reused_across_invocations_and_renewed_after_expiry(invok
     assert stub.resends_performed() == 4
 
 
-def test_password_rotation_recovers_without_losing_the_message(invoke, stub, set_secret, outcome) -> None:
+def test_password_rotation_recovers_without_losing_the_message(
+    invoke: Invoke, stub: CapillaryStub, set_secret: SetSecret, outcome: ReadOutcome
+) -> None:
     invoke(sqs_event(failure(ID)))  # warms the secret cache with the old password
     stub.set_basic_password("rotated-password")
     set_secret({**DEMO_SECRET, "password": "rotated-password"})
@@ -336,10 +371,12 @@ def test_password_rotation_recovers_without_losing_the_message(invoke, stub, set
     response = invoke(sqs_event(failure(ID + 1)))
 
     assert response == {"batchItemFailures": []}
-    assert outcome(ID + 1)["status"] == "RESENT"
+    assert stored(outcome, ID + 1)["status"] == "RESENT"
 
 
-def test_unreadable_secret_retries_without_calling_capillary(invoke, stub, monkeypatch, outcome) -> None:
+def test_unreadable_secret_retries_without_calling_capillary(
+    invoke: Invoke, stub: CapillaryStub, monkeypatch: pytest.MonkeyPatch, outcome: ReadOutcome
+) -> None:
     monkeypatch.setenv("CAPILLARY_SECRET_ID", "no-such-secret")
     app.reset_container()
 
@@ -347,10 +384,12 @@ def test_unreadable_secret_retries_without_calling_capillary(invoke, stub, monke
 
     assert len(response["batchItemFailures"]) == 1
     assert stub.resend_calls == []
-    assert outcome(ID)["status"] == "RETRYING"
+    assert stored(outcome, ID)["status"] == "RETRYING"
 
 
-def test_unreachable_table_retries_without_calling_capillary(invoke, stub, monkeypatch) -> None:
+def test_unreachable_table_retries_without_calling_capillary(
+    invoke: Invoke, stub: CapillaryStub, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("OUTCOMES_TABLE", "no-such-table")
     app.reset_container()
 
@@ -360,7 +399,9 @@ def test_unreachable_table_retries_without_calling_capillary(invoke, stub, monke
     assert stub.resend_calls == []
 
 
-def test_no_secret_material_reaches_the_logs(invoke, stub, set_secret, log_lines) -> None:
+def test_no_secret_material_reaches_the_logs(
+    invoke: Invoke, stub: CapillaryStub, set_secret: SetSecret, log_lines: list[str]
+) -> None:
     password = DEMO_SECRET["password"]
     md5 = hashlib.md5(password.encode(), usedforsecurity=False).hexdigest()
     forbidden = [password, md5, basic_auth_header(DEMO_SECRET["username"], password), "Authorization"]
@@ -379,7 +420,9 @@ def test_no_secret_material_reaches_the_logs(invoke, stub, set_secret, log_lines
         assert secret not in text
 
 
-def test_every_line_about_a_record_names_its_message_id(invoke, stub, log_lines) -> None:
+def test_every_line_about_a_record_names_its_message_id(
+    invoke: Invoke, stub: CapillaryStub, log_lines: list[str]
+) -> None:
     stub.script(ID, Behaviour.SERVER_ERROR)
 
     invoke(sqs_event(failure(ID)))
@@ -392,17 +435,19 @@ def test_every_line_about_a_record_names_its_message_id(invoke, stub, log_lines)
 # -- loop guard --------------------------------------------------------------------------------------
 
 
-def test_resend_chain_stops_at_max_resend_depth(invoke, stub, outcome) -> None:
+def test_resend_chain_stops_at_max_resend_depth(
+    invoke: Invoke, stub: CapillaryStub, outcome: ReadOutcome
+) -> None:
     invoke(sqs_event(failure(ID)))
-    first_resend = outcome(ID)["resentMessageId"]
+    first_resend = stored(outcome, ID)["resentMessageId"]
     invoke(sqs_event(failure(first_resend)))
-    second_resend = outcome(first_resend)["resentMessageId"]
+    second_resend = stored(outcome, first_resend)["resentMessageId"]
 
     response = invoke(sqs_event(failure(second_resend)))
 
     assert response == {"batchItemFailures": []}
     assert stub.resends_performed() == 2
-    item = outcome(second_resend)
+    item = stored(outcome, second_resend)
     assert item["status"] == "SKIPPED"
     assert item["errorMessage"].startswith("policy: loopGuard: ")
     assert "MAX_RESEND_DEPTH" in item["errorMessage"]
@@ -413,7 +458,9 @@ def test_resend_chain_stops_at_max_resend_depth(invoke, stub, outcome) -> None:
 # -- metrics -----------------------------------------------------------------------------------------
 
 
-def test_one_metric_per_outcome_and_latency_are_emitted(invoke, stub, capsys) -> None:
+def test_one_metric_per_outcome_and_latency_are_emitted(
+    invoke: Invoke, stub: CapillaryStub, capsys: pytest.CaptureFixture[str]
+) -> None:
     stub.not_found_ids.add(ID + 1)
     invoke(sqs_event(failure(ID), failure(ID + 1), "poison"))
 
@@ -428,12 +475,14 @@ def test_one_metric_per_outcome_and_latency_are_emitted(invoke, stub, capsys) ->
     assert all(blob["service"] == "resender" for blob in blobs)
 
 
-def test_unsupported_event_fails_loudly(invoke) -> None:
+def test_unsupported_event_fails_loudly(invoke: Invoke) -> None:
     with pytest.raises(ValueError, match="Records"):
         invoke({"messageId": ID})
 
 
-def test_record_ids_in_batch_item_failures_are_the_sqs_message_ids(invoke, stub) -> None:
+def test_record_ids_in_batch_item_failures_are_the_sqs_message_ids(
+    invoke: Invoke, stub: CapillaryStub
+) -> None:
     records = [sqs_record(failure(ID), record_id="sqs-a"), sqs_record(failure(ID + 1), record_id="sqs-b")]
     stub.script(ID + 1, Behaviour.SERVER_ERROR)
 

@@ -14,10 +14,11 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import boto3
 import pytest
+from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from resender import app
 from resender.events import DEFERRALS_ATTRIBUTE, FIRST_SEEN_ATTRIBUTE
@@ -28,7 +29,12 @@ from resender.pacing import DEFAULT_ORG, PacingConfig, SharedPacer
 from resender.settings import Settings
 from tests.builders import failure, sqs_record
 from tests.conftest import FAKE_AWS
+from tests.fixture_types import ReadOutcome, stored
 from tests.integration import pacing_worker
+
+if TYPE_CHECKING:
+    from mypy_boto3_sqs import SQSClient
+    from mypy_boto3_sqs.type_defs import MessageTypeDef
 
 ROOT = Path(__file__).resolve().parents[2]
 ID = 1746061653596
@@ -43,7 +49,7 @@ def fresh_event(*message_ids: int) -> dict[str, Any]:
     return {"Records": [sqs_record(failure(m), sent_at_ms=now_ms()) for m in message_ids]}
 
 
-def as_lambda_record(message: dict[str, Any], queue_arn: str) -> dict[str, Any]:
+def as_lambda_record(message: MessageTypeDef, queue_arn: str) -> dict[str, Any]:
     """A message received from SQS, shaped as the event source mapping hands it to the function."""
     attributes = message.get("Attributes", {})
     return {
@@ -65,15 +71,15 @@ def as_lambda_record(message: dict[str, Any], queue_arn: str) -> dict[str, Any]:
 
 
 @pytest.fixture
-def sqs(local_aws: LocalResources) -> Any:
+def sqs(local_aws: LocalResources) -> SQSClient:
     return boto3.client("sqs", endpoint_url=local_aws.endpoint_url)
 
 
 @pytest.fixture
-def receive(local_aws: LocalResources, sqs: Any) -> Callable[[], list[dict[str, Any]]]:
+def receive(local_aws: LocalResources, sqs: SQSClient) -> Callable[[], list[MessageTypeDef]]:
     """Long-poll the source queue: returns as soon as held-back copies become visible."""
 
-    def poll() -> list[dict[str, Any]]:
+    def poll() -> list[MessageTypeDef]:
         response = sqs.receive_message(
             QueueUrl=local_aws.queue_url,
             MaxNumberOfMessages=10,
@@ -105,7 +111,7 @@ def paced_env(
     app.reset_container()
 
 
-def delayed(sqs: Any, local_aws: LocalResources) -> int:
+def delayed(sqs: SQSClient, local_aws: LocalResources) -> int:
     attributes = sqs.get_queue_attributes(
         QueueUrl=local_aws.queue_url, AttributeNames=["ApproximateNumberOfMessagesDelayed"]
     )["Attributes"]
@@ -113,7 +119,7 @@ def delayed(sqs: Any, local_aws: LocalResources) -> int:
 
 
 def handle(event: dict[str, Any]) -> dict[str, Any]:
-    return app.lambda_handler(event, LocalContext(30.0))
+    return app.lambda_handler(event, cast("LambdaContext", LocalContext(30.0)))
 
 
 # -- one limiter for every container ----------------------------------------------------------------------
@@ -175,7 +181,12 @@ def test_16_threads_and_2_processes_never_exceed_the_shared_rate(
 
 @pytest.mark.parametrize("first", ["copy", "late original"])
 def test_a_held_back_record_and_its_late_original_resend_once(
-    paced_env, local_aws, stub, outcome, receive, first
+    paced_env: dict[str, str],
+    local_aws: LocalResources,
+    stub: CapillaryStub,
+    outcome: ReadOutcome,
+    receive: Callable[[], list[MessageTypeDef]],
+    first: str,
 ) -> None:
     event = fresh_event(ID, ID + 1)
 
@@ -184,7 +195,7 @@ def test_a_held_back_record_and_its_late_original_resend_once(
     # One slot per second: the first record is resent, the second held back without spending a delivery.
     assert response == {"batchItemFailures": []}
     assert [call.message_id for call in stub.resend_calls] == [ID]
-    held = outcome(ID + 1)
+    held = stored(outcome, ID + 1)
     assert (held["status"], held["deferrals"]) == ("RETRYING", 1)
     assert held["nextAttemptAt"] > held["updatedAt"]
     (copy,) = receive()
@@ -201,12 +212,17 @@ def test_a_held_back_record_and_its_late_original_resend_once(
         assert handle({"Records": [record]}) == {"batchItemFailures": []}
 
     assert stub.resends_performed(ID + 1) == 1
-    assert outcome(ID + 1)["status"] == "RESENT"
-    assert "nextAttemptAt" not in outcome(ID + 1)
+    assert stored(outcome, ID + 1)["status"] == "RESENT"
+    assert "nextAttemptAt" not in stored(outcome, ID + 1)
 
 
 def test_dynamodb_failing_under_the_limiter_holds_records_back_and_never_calls(
-    paced_env, local_aws, stub, outcome, sqs, monkeypatch
+    paced_env: dict[str, str],
+    local_aws: LocalResources,
+    stub: CapillaryStub,
+    outcome: ReadOutcome,
+    sqs: SQSClient,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("PACING_TABLE", "no-such-pacing-table")
     app.reset_container()
@@ -216,12 +232,16 @@ def test_dynamodb_failing_under_the_limiter_holds_records_back_and_never_calls(
     assert stub.resend_calls == []
     assert response == {"batchItemFailures": []}
     assert delayed(sqs, local_aws) == 2  # both copies wait in the source queue
-    assert {outcome(ID)["status"], outcome(ID + 1)["status"]} == {"RETRYING"}
-    assert "pacing table could not be written" in outcome(ID)["errorMessage"]
+    assert {stored(outcome, ID)["status"], stored(outcome, ID + 1)["status"]} == {"RETRYING"}
+    assert "pacing table could not be written" in stored(outcome, ID)["errorMessage"]
 
 
 def test_a_429_holds_the_whole_org_back_and_lowers_the_shared_rate(
-    paced_env, local_aws, stub, sqs, monkeypatch
+    paced_env: dict[str, str],
+    local_aws: LocalResources,
+    stub: CapillaryStub,
+    sqs: SQSClient,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("RESEND_RATE_PER_MINUTE", "50")  # above what Capillary allows this key
     app.reset_container()
@@ -247,7 +267,11 @@ def test_a_429_holds_the_whole_org_back_and_lowers_the_shared_rate(
 
 
 def test_the_shared_breaker_opened_by_one_container_stops_another(
-    paced_env, local_aws, stub, sqs, monkeypatch
+    paced_env: dict[str, str],
+    local_aws: LocalResources,
+    stub: CapillaryStub,
+    sqs: SQSClient,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("RESEND_RATE_PER_MINUTE", "600")
     monkeypatch.setenv("SHARED_BREAKER_THRESHOLD", "2")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -11,10 +12,13 @@ import pytest
 from resender import app
 from resender.events import MessageIdParser, Notice, parse_event
 from resender.local.runner import LOCAL_POLICY_ENV, as_delivered_now
+from resender.local.stub import CapillaryStub
 from resender.observability import MetricName
 from resender.policy import ResendPolicy
 from resender.settings import DEFAULT_SKIP_REASONS, ConfigurationError, Settings
 from tests.builders import failure, sns_envelope, sqs_event, sqs_record
+from tests.conftest import Invoke
+from tests.fixture_types import ReadOutcome, stored
 
 ID = 1746061653596
 EVENTS = Path(__file__).resolve().parents[2] / "events"
@@ -36,7 +40,9 @@ def metric_totals(captured: str) -> dict[str, float]:
     return totals
 
 
-def test_every_default_status_is_skipped_without_calling_capillary(invoke, stub, outcome, capsys) -> None:
+def test_every_default_status_is_skipped_without_calling_capillary(
+    invoke: Invoke, stub: CapillaryStub, outcome: ReadOutcome, capsys: pytest.CaptureFixture[str]
+) -> None:
     bodies = [failure(ID + offset, reason=status) for offset, status in enumerate(DEFAULT_SKIP_REASONS)]
 
     response = invoke(sqs_event(*bodies))
@@ -44,7 +50,7 @@ def test_every_default_status_is_skipped_without_calling_capillary(invoke, stub,
     assert response == {"batchItemFailures": []}
     assert stub.resend_calls == []
     for offset, status in enumerate(DEFAULT_SKIP_REASONS):
-        item = outcome(ID + offset)
+        item = stored(outcome, ID + offset)
         assert item["status"] == "SKIPPED"
         assert item["policy"] == "reason"
         assert item["errorMessage"].startswith("policy: reason: ")
@@ -54,54 +60,64 @@ def test_every_default_status_is_skipped_without_calling_capillary(invoke, stub,
     assert totals[MetricName.SKIPPED_BY_POLICY] == len(DEFAULT_SKIP_REASONS)
 
 
-def test_a_hard_bounce_spelled_loosely_is_skipped_and_a_soft_bounce_resent(invoke, stub, outcome) -> None:
+def test_a_hard_bounce_spelled_loosely_is_skipped_and_a_soft_bounce_resent(
+    invoke: Invoke, stub: CapillaryStub, outcome: ReadOutcome
+) -> None:
     invoke(sqs_event(failure(ID, reason="hard bounced"), failure(ID + 1, reason="soft-bounced")))
 
     assert [call.message_id for call in stub.resend_calls] == [ID + 1]
-    assert outcome(ID)["status"] == "SKIPPED"
-    assert outcome(ID + 1)["status"] == "RESENT"
+    assert stored(outcome, ID)["status"] == "SKIPPED"
+    assert stored(outcome, ID + 1)["status"] == "RESENT"
 
 
-def test_a_skipped_message_stays_skipped_when_it_comes_again(invoke, stub, outcome) -> None:
+def test_a_skipped_message_stays_skipped_when_it_comes_again(
+    invoke: Invoke, stub: CapillaryStub, outcome: ReadOutcome
+) -> None:
     invoke(sqs_event(failure(ID, reason="DND_BLOCKED")))
     # The feed corrected itself, but SKIPPED is final: an operator forces it if it should go out.
     invoke(sqs_event(failure(ID, reason="undelivered")))
 
     assert stub.resend_calls == []
-    assert outcome(ID)["status"] == "SKIPPED"
+    assert stored(outcome, ID)["status"] == "SKIPPED"
 
 
-def test_a_policy_never_overwrites_a_resend(invoke, stub, outcome) -> None:
+def test_a_policy_never_overwrites_a_resend(
+    invoke: Invoke, stub: CapillaryStub, outcome: ReadOutcome
+) -> None:
     invoke(sqs_event(failure(ID)))
     invoke(sqs_event(failure(ID, reason="HARD_BOUNCED")))
 
     assert stub.resends_performed(ID) == 1
-    item = outcome(ID)
+    item = stored(outcome, ID)
     assert item["status"] == "RESENT"
     assert "policy" not in item
 
 
-def test_channel_rule(invoke, stub, outcome, monkeypatch) -> None:
+def test_channel_rule(
+    invoke: Invoke, stub: CapillaryStub, outcome: ReadOutcome, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("RESEND_CHANNELS", "sms,WhatsApp")
     app.reset_container()
 
     invoke(sqs_event(failure(ID, channel="EMAIL"), failure(ID + 1, channel="whatsapp"), failure(ID + 2)))
 
-    assert sorted(call.message_id for call in stub.resend_calls) == [ID + 1, ID + 2]
-    assert outcome(ID)["policy"] == "channel"
-    assert outcome(ID)["errorMessage"].startswith("policy: channel: ")
+    assert Counter(call.message_id for call in stub.resend_calls) == Counter([ID + 1, ID + 2])
+    assert stored(outcome, ID)["policy"] == "channel"
+    assert stored(outcome, ID)["errorMessage"].startswith("policy: channel: ")
 
 
-def test_age_from_the_payload(invoke, stub, outcome) -> None:
+def test_age_from_the_payload(invoke: Invoke, stub: CapillaryStub, outcome: ReadOutcome) -> None:
     old = time.time() - 2 * 86_400
     invoke(sqs_event(failure(ID, failedAt=int(old * 1000)), failure(ID + 1, failedAt=int(time.time()))))
 
     assert [call.message_id for call in stub.resend_calls] == [ID + 1]
-    assert outcome(ID)["policy"] == "age"
-    assert "RESEND_MAX_AGE_SECONDS=86400" in outcome(ID)["errorMessage"]
+    assert stored(outcome, ID)["policy"] == "age"
+    assert "RESEND_MAX_AGE_SECONDS=86400" in stored(outcome, ID)["errorMessage"]
 
 
-def test_age_from_the_envelope_when_the_payload_has_no_time(invoke, stub, outcome) -> None:
+def test_age_from_the_envelope_when_the_payload_has_no_time(
+    invoke: Invoke, stub: CapillaryStub, outcome: ReadOutcome
+) -> None:
     record = sqs_record(failure(ID))
     record["attributes"]["SentTimestamp"] = str(int((time.time() - 3 * 86_400) * 1000))
     stale_sns = json.loads(sns_envelope(failure(ID + 1)))
@@ -110,12 +126,14 @@ def test_age_from_the_envelope_when_the_payload_has_no_time(invoke, stub, outcom
     invoke({"Records": [record, sqs_record(json.dumps(stale_sns)), sqs_record(failure(ID + 2))]})
 
     assert [call.message_id for call in stub.resend_calls] == [ID + 2]
-    assert outcome(ID)["policy"] == "age"
-    assert outcome(ID + 1)["policy"] == "age"
-    assert "envelope" in outcome(ID + 1)["errorMessage"]
+    assert stored(outcome, ID)["policy"] == "age"
+    assert stored(outcome, ID + 1)["policy"] == "age"
+    assert "envelope" in stored(outcome, ID + 1)["errorMessage"]
 
 
-def test_a_future_or_unreadable_time_is_resent_and_logged(invoke, stub, log_lines) -> None:
+def test_a_future_or_unreadable_time_is_resent_and_logged(
+    invoke: Invoke, stub: CapillaryStub, log_lines: list[str]
+) -> None:
     invoke(sqs_event(failure(ID, failedAt="last tuesday"), failure(ID + 1, failedAt=time.time() + 7200)))
 
     assert stub.resends_performed() == 2
@@ -125,19 +143,21 @@ def test_a_future_or_unreadable_time_is_resent_and_logged(invoke, stub, log_line
     assert "failure time is in the future: the age rule does not apply" in messages
 
 
-def test_skip_when(invoke, stub, outcome, monkeypatch) -> None:
+def test_skip_when(
+    invoke: Invoke, stub: CapillaryStub, outcome: ReadOutcome, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("SKIP_WHEN", "campaign == 'otp'")
     app.reset_container()
 
     invoke(sqs_event(failure(ID, campaign="otp"), failure(ID + 1, campaign="loyalty")))
 
     assert [call.message_id for call in stub.resend_calls] == [ID + 1]
-    item = outcome(ID)
+    item = stored(outcome, ID)
     assert item["policy"] == "skipWhen"
     assert "campaign == 'otp'" in item["errorMessage"]
 
 
-def test_an_invalid_skip_when_refuses_to_start(invoke, monkeypatch) -> None:
+def test_an_invalid_skip_when_refuses_to_start(invoke: Invoke, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SKIP_WHEN", "campaign ==")
     app.reset_container()
 
@@ -157,7 +177,14 @@ def test_an_invalid_skip_when_refuses_to_start(invoke, monkeypatch) -> None:
         ("sqs-policy-skip-when.json", "skipWhen"),
     ],
 )
-def test_each_policy_sample_is_skipped_by_its_rule(invoke, stub, outcome, monkeypatch, name, rule) -> None:
+def test_each_policy_sample_is_skipped_by_its_rule(
+    invoke: Invoke,
+    stub: CapillaryStub,
+    outcome: ReadOutcome,
+    monkeypatch: pytest.MonkeyPatch,
+    name: str,
+    rule: str,
+) -> None:
     for variable, value in LOCAL_POLICY_ENV.items():
         monkeypatch.setenv(variable, value)
     app.reset_container()
@@ -167,10 +194,12 @@ def test_each_policy_sample_is_skipped_by_its_rule(invoke, stub, outcome, monkey
     assert invoke(event) == {"batchItemFailures": []}
 
     assert stub.resend_calls == []
-    assert outcome(message_id)["policy"] == rule
+    assert stored(outcome, message_id)["policy"] == rule
 
 
-def test_the_sam_local_settings_skip_the_age_sample_as_it_is(function_env, monkeypatch) -> None:
+def test_the_sam_local_settings_skip_the_age_sample_as_it_is(
+    function_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Under `sam local invoke` the envelope times are the file's (2025); env.json allows ten years.
     local = json.loads((EVENTS / "env.json").read_text())["ResenderFunction"]
     settings = Settings.from_env({**function_env, **local})
@@ -189,7 +218,9 @@ def test_the_sam_local_settings_skip_the_age_sample_as_it_is(function_env, monke
     assert refusal("sqs-sns-envelope.json") is None
 
 
-def test_status_and_list_show_the_rule_that_skipped(invoke, stub, capsys) -> None:
+def test_status_and_list_show_the_rule_that_skipped(
+    invoke: Invoke, stub: CapillaryStub, capsys: pytest.CaptureFixture[str]
+) -> None:
     from resender import cli
 
     invoke(sqs_event(failure(ID, reason="MARKED_SPAM")))

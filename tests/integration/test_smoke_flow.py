@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from resender.local.stub import CapillaryStub
 from tests.builders import failure, sqs_event
+from tests.conftest import Invoke
+from tests.fixture_types import ReadOutcome
 
 
-def test_one_failure_is_resent_once_and_recorded(invoke, stub, outcome) -> None:
+def test_one_failure_is_resent_once_and_recorded(
+    invoke: Invoke, stub: CapillaryStub, outcome: ReadOutcome
+) -> None:
     response = invoke(sqs_event(failure(1746061653596)))
 
     assert response == {"batchItemFailures": []}

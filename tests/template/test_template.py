@@ -76,34 +76,40 @@ XRAY_MANAGED_POLICY = "AWSXRayDaemonWriteAccess"
 # ------------------------------------------------------------------------------------------------ fixtures
 @pytest.fixture(scope="module")
 def template() -> dict[str, Any]:
-    return cfn_yaml.load(str(TEMPLATE_PATH))
+    found: dict[str, Any] = cfn_yaml.load(str(TEMPLATE_PATH))
+    return found
 
 
 @pytest.fixture(scope="module")
 def resources(template: dict[str, Any]) -> dict[str, Any]:
-    return template["Resources"]
+    found: dict[str, Any] = template["Resources"]
+    return found
 
 
 @pytest.fixture(scope="module")
 def parameters(template: dict[str, Any]) -> dict[str, Any]:
-    return template["Parameters"]
+    found: dict[str, Any] = template["Parameters"]
+    return found
 
 
 @pytest.fixture(scope="module")
 def function(resources: dict[str, Any]) -> dict[str, Any]:
-    return resources["ResenderFunction"]["Properties"]
+    found: dict[str, Any] = resources["ResenderFunction"]["Properties"]
+    return found
 
 
 @pytest.fixture(scope="module")
 def env_vars(function: dict[str, Any]) -> dict[str, Any]:
-    return function["Environment"]["Variables"]
+    found: dict[str, Any] = function["Environment"]["Variables"]
+    return found
 
 
 @pytest.fixture(scope="module")
 def sqs_event(function: dict[str, Any]) -> dict[str, Any]:
     sqs_events = [event for event in function["Events"].values() if event["Type"] == "SQS"]
     assert len(sqs_events) == 1
-    return sqs_events[0]["Properties"]
+    found: dict[str, Any] = sqs_events[0]["Properties"]
+    return found
 
 
 @pytest.fixture(scope="module")
@@ -160,7 +166,8 @@ def _render_sub(value: Any, template: dict[str, Any]) -> dict[str, Any]:
             return f"stand-in-{name}"
         raise AssertionError(f"${{{name}}} in the dashboard names nothing in the template")
 
-    return json.loads(re.sub(r"\$\{([^}!]+)\}", stand_in, text))
+    rendered: dict[str, Any] = json.loads(re.sub(r"\$\{([^}!]+)\}", stand_in, text))
+    return rendered
 
 
 def _metric_rows(widget: dict[str, Any]) -> list[tuple[list[str], dict[str, Any]]]:
@@ -313,7 +320,7 @@ def _load_event(name: str) -> Any:
 
 def _assert_sqs_records(event: Any, count: int) -> list[dict[str, Any]]:
     assert set(event) == {"Records"}
-    records = event["Records"]
+    records: list[dict[str, Any]] = event["Records"]
     assert len(records) == count
     for record in records:
         assert set(record) == SQS_RECORD_KEYS

@@ -8,15 +8,17 @@ checks that the record's outcome matches how far it got, and that the rest of th
 from __future__ import annotations
 
 import threading
-from typing import Any
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 import pytest
 
+from resender.events import Delivery, ParsedRecord
 from resender.models import ResendResult, Status, Verdict
-from resender.observability import MetricName
+from resender.observability import MetricName, logger
 from resender.processor import CircuitBreaker, credible_outcome
 from resender.queues import NoDeadLetterQueueError
-from resender.store import Outcome
+from resender.store import ClaimResult, Outcome
 from tests.builders import QUEUE_ARN
 from tests.unit.test_processor import (  # noqa: F401 - executor and sleeps are fixtures used by name
     BASE_ID,
@@ -35,7 +37,7 @@ SECRET_TEXT = "password=server123"  # what a careless exception message could ca
 
 
 @pytest.fixture
-def world(executor, sleeps) -> World:  # noqa: F811
+def world(executor: ThreadPoolExecutor, sleeps: list[float]) -> World:  # noqa: F811
     return World(executor)
 
 
@@ -55,10 +57,12 @@ class RaisingCapillary(FakeCapillary):
 # -- an unexpected error at each stage of one record ----------------------------------------------------
 
 
-def test_error_before_the_claim_hands_the_record_back_and_the_batch_goes_on(world, monkeypatch) -> None:
+def test_error_before_the_claim_hands_the_record_back_and_the_batch_goes_on(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
     store_claim = world.store.claim
 
-    def claim(message_id: int, lease_seconds: float):
+    def claim(message_id: int, lease_seconds: float) -> ClaimResult:
         if message_id == BASE_ID:
             raise RuntimeError(SECRET_TEXT)
         return store_claim(message_id, lease_seconds)
@@ -68,14 +72,16 @@ def test_error_before_the_claim_hands_the_record_back_and_the_batch_goes_on(worl
     broken, fine = world.process(delivery(BASE_ID), delivery(BASE_ID + 1))
 
     assert broken.retry and broken.status is None
-    assert "RuntimeError" in broken.reason and "not called" in broken.reason
-    assert SECRET_TEXT not in broken.reason
+    assert "RuntimeError" in (broken.reason or "") and "not called" in (broken.reason or "")
+    assert SECRET_TEXT not in (broken.reason or "")
     assert MetricName.UNEXPECTED_ERROR in metric_names(broken)
     assert world.capillary.calls == [BASE_ID + 1]
     assert fine.status is Status.RESENT and not fine.retry
 
 
-def test_error_after_the_claim_before_the_call_releases_the_claim(world, monkeypatch) -> None:
+def test_error_after_the_claim_before_the_call_releases_the_claim(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
     def is_open(self: CircuitBreaker) -> bool:
         raise KeyError("threshold")
 
@@ -87,7 +93,7 @@ def test_error_after_the_claim_before_the_call_releases_the_claim(world, monkeyp
     assert report.retry and report.status is Status.RETRYING
     released = world.store.outcome(BASE_ID)
     assert released.status is Status.RETRYING
-    assert "KeyError" in released.error_message and "not called" in released.error_message
+    assert "KeyError" in (released.error_message or "") and "not called" in (released.error_message or "")
 
 
 @pytest.mark.parametrize(
@@ -95,7 +101,7 @@ def test_error_after_the_claim_before_the_call_releases_the_claim(world, monkeyp
     [UnicodeEncodeError("latin-1", "é", 0, 1, "header"), RuntimeError(SECRET_TEXT), KeyError("x")],
     ids=["UnicodeError", "RuntimeError", "KeyError"],
 )
-def test_error_from_the_call_is_uncertain_never_retried(world, error) -> None:
+def test_error_from_the_call_is_uncertain_never_retried(world: World, error: Exception) -> None:
     world.capillary = RaisingCapillary({BASE_ID: error})
 
     broken, fine = world.process(delivery(BASE_ID), delivery(BASE_ID + 1))
@@ -103,13 +109,17 @@ def test_error_from_the_call_is_uncertain_never_retried(world, error) -> None:
     assert broken.status is Status.UNCERTAIN and not broken.retry
     recorded = world.store.outcome(BASE_ID)
     assert recorded.status is Status.UNCERTAIN
-    assert type(error).__name__ in recorded.error_message and "may have resent" in recorded.error_message
-    assert SECRET_TEXT not in recorded.error_message
+    assert type(error).__name__ in (recorded.error_message or "") and "may have resent" in (
+        recorded.error_message or ""
+    )
+    assert SECRET_TEXT not in (recorded.error_message or "")
     assert fine.status is Status.RESENT
     assert sorted(world.capillary.calls) == [BASE_ID, BASE_ID + 1]
 
 
-def test_answer_read_then_an_error_still_records_the_answer(world, monkeypatch) -> None:
+def test_answer_read_then_an_error_still_records_the_answer(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
     def observe(self: CircuitBreaker, verdict: Verdict) -> None:
         raise RuntimeError("metrics sink")
 
@@ -123,8 +133,8 @@ def test_answer_read_then_an_error_still_records_the_answer(world, monkeypatch) 
     assert MetricName.UNEXPECTED_ERROR in metric_names(report)
 
 
-def test_record_raising_once_unexpectedly_still_records_the_answer(world) -> None:
-    world.store.record_errors = [TypeError("once"), None]  # type: ignore[list-item]
+def test_record_raising_once_unexpectedly_still_records_the_answer(world: World) -> None:
+    world.store.record_errors = [TypeError("once"), None]
 
     (report,) = world.process(delivery(BASE_ID))
 
@@ -134,7 +144,7 @@ def test_record_raising_once_unexpectedly_still_records_the_answer(world) -> Non
     assert MetricName.UNEXPECTED_ERROR in metric_names(report)
 
 
-def test_record_raising_every_time_leaves_the_claim_to_expire_into_uncertain(world) -> None:
+def test_record_raising_every_time_leaves_the_claim_to_expire_into_uncertain(world: World) -> None:
     world.store.record_errors = [RuntimeError(SECRET_TEXT)]
 
     (report,) = world.process(delivery(BASE_ID))
@@ -142,11 +152,14 @@ def test_record_raising_every_time_leaves_the_claim_to_expire_into_uncertain(wor
     assert world.capillary.calls == [BASE_ID]
     assert report.retry  # handed back to come again only after the lease: then UNCERTAIN, never resent
     assert MetricName.OUTCOME_WRITE_FAILED in metric_names(report)
-    assert report.min_delay_seconds >= world.settings.default_claim_lease_seconds
+    settings = world.settings
+    assert report.min_delay_seconds == settings.default_claim_lease_seconds + settings.claim_margin_seconds
     assert SECRET_TEXT not in (report.reason or "")
 
 
-def test_poison_copy_raising_unexpectedly_hands_the_poison_back(world, monkeypatch) -> None:
+def test_poison_copy_raising_unexpectedly_hands_the_poison_back(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
     def keep_poison(*args: object, **kwargs: object) -> None:
         raise RuntimeError(SECRET_TEXT)
 
@@ -157,12 +170,14 @@ def test_poison_copy_raising_unexpectedly_hands_the_poison_back(world, monkeypat
     assert poison.retry and poison.message_id is None
     assert MetricName.POISON_HANDED_BACK in metric_names(poison)
     assert MetricName.UNEXPECTED_ERROR in metric_names(poison)
-    assert SECRET_TEXT not in poison.reason
+    assert SECRET_TEXT not in (poison.reason or "")
     assert world.capillary.calls == [BASE_ID]
     assert fine.status is Status.RESENT
 
 
-def test_backoff_raising_unexpectedly_still_reports_the_record(world, monkeypatch) -> None:
+def test_backoff_raising_unexpectedly_still_reports_the_record(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
     def delay(*args: object) -> None:
         raise KeyError("handle")
 
@@ -174,11 +189,11 @@ def test_backoff_raising_unexpectedly_still_reports_the_record(world, monkeypatc
     assert [report.retry for report in reports] == [True, True]
 
 
-def test_a_parser_that_raises_makes_poison_not_a_crash(world, monkeypatch) -> None:
+def test_a_parser_that_raises_makes_poison_not_a_crash(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
     resender = world.resender
     parse = resender._parser.parse
 
-    def fragile(record):
+    def fragile(record: Delivery) -> ParsedRecord:
         if record.body == "explodes":
             raise RecursionError("deep")
         return parse(record)
@@ -193,9 +208,9 @@ def test_a_parser_that_raises_makes_poison_not_a_crash(world, monkeypatch) -> No
 
 
 @pytest.mark.parametrize("level", ["info", "warning", "error"])
-def test_a_logger_that_raises_changes_no_outcome(world, monkeypatch, level) -> None:
-    from resender.processor import logger
-
+def test_a_logger_that_raises_changes_no_outcome(
+    world: World, monkeypatch: pytest.MonkeyPatch, level: str
+) -> None:
     def broken(*args: object, **kwargs: object) -> None:
         raise OSError("log pipe closed")
 
@@ -213,7 +228,9 @@ def test_a_logger_that_raises_changes_no_outcome(world, monkeypatch, level) -> N
     ]
 
 
-def test_unexpected_error_log_names_the_type_and_place_never_the_message(world, log_lines) -> None:
+def test_unexpected_error_log_names_the_type_and_place_never_the_message(
+    world: World, log_lines: list[str]
+) -> None:
     world.capillary = RaisingCapillary({BASE_ID: RuntimeError(SECRET_TEXT)})
 
     world.process(delivery(BASE_ID))
@@ -228,7 +245,9 @@ def test_unexpected_error_log_names_the_type_and_place_never_the_message(world, 
 # -- poison with no dead-letter queue -------------------------------------------------------------------
 
 
-def test_poison_without_a_dead_letter_queue_is_handed_back_and_counted(world, monkeypatch) -> None:
+def test_poison_without_a_dead_letter_queue_is_handed_back_and_counted(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
     def keep_poison(*args: object, **kwargs: object) -> None:
         raise NoDeadLetterQueueError("DEAD_LETTER_QUEUE_URL is not set and the source queue has no policy")
 
@@ -237,7 +256,9 @@ def test_poison_without_a_dead_letter_queue_is_handed_back_and_counted(world, mo
     poison, fine = world.process(delivery('{"messageId": 0}'), delivery(BASE_ID))
 
     assert poison.retry
-    assert "SQS keeps it" in poison.reason and "messageId must be greater than 0" in poison.reason
+    assert "SQS keeps it" in (poison.reason or "") and "messageId must be greater than 0" in (
+        poison.reason or ""
+    )
     assert metric_names(poison) == [MetricName.POISON, MetricName.POISON_HANDED_BACK]
     assert world.capillary.calls == [BASE_ID]
     assert fine.status is Status.RESENT and not fine.retry
@@ -251,14 +272,14 @@ def test_poison_without_a_dead_letter_queue_is_handed_back_and_counted(world, mo
     [(BASE_ID, "the original messageId"), (0, "not a positive id"), (-7, "not a positive id")],
     ids=["same-as-original", "zero", "negative"],
 )
-def test_a_success_naming_no_new_message_is_uncertain_and_unlinked(resent_id, words) -> None:
+def test_a_success_naming_no_new_message_is_uncertain_and_unlinked(resent_id: int, words: str) -> None:
     outcome = Outcome(Status.RESENT, resent_message_id=resent_id, org_id=100737, request_id="r-1")
 
     credible = credible_outcome(outcome, BASE_ID)
 
     assert credible.status is Status.UNCERTAIN
     assert credible.resent_message_id is None
-    assert f"resentMessageId {resent_id}, {words}" in credible.error_message
+    assert f"resentMessageId {resent_id}, {words}" in (credible.error_message or "")
     assert (credible.org_id, credible.request_id) == (100737, "r-1")
 
 
@@ -268,7 +289,7 @@ def test_an_error_naming_an_impossible_resend_keeps_its_status_without_the_id() 
     credible = credible_outcome(outcome, BASE_ID)
 
     assert (credible.status, credible.resent_message_id, credible.error_code) == (Status.UNCERTAIN, None, 500)
-    assert credible.error_message.startswith("boom; Capillary answered with resentMessageId 0")
+    assert (credible.error_message or "").startswith("boom; Capillary answered with resentMessageId 0")
 
 
 def test_a_real_new_id_is_left_alone() -> None:
@@ -277,7 +298,7 @@ def test_a_real_new_id_is_left_alone() -> None:
     assert credible_outcome(outcome, BASE_ID) is outcome
 
 
-def test_processor_records_a_self_resend_as_uncertain(world) -> None:
+def test_processor_records_a_self_resend_as_uncertain(world: World) -> None:
     world.capillary = FakeCapillary(
         default=lambda message_id: ResendResult(Verdict.RESENT, resent_message_id=message_id, http_status=200)
     )
@@ -293,13 +314,11 @@ def test_processor_records_a_self_resend_as_uncertain(world) -> None:
 # -- FIFO source queues ----------------------------------------------------------------------------------
 
 
-def fifo(id_or_body: int | str, group: str) -> Any:
-    from dataclasses import replace
-
+def fifo(id_or_body: int | str, group: str) -> Delivery:
     return replace(delivery(id_or_body, arn=FIFO_ARN), message_group_id=group)
 
 
-def test_fifo_group_after_a_handed_back_record_is_handed_back_untouched(world) -> None:
+def test_fifo_group_after_a_handed_back_record_is_handed_back_untouched(world: World) -> None:
     world.capillary = FakeCapillary(
         default=lambda message_id: transient() if message_id == BASE_ID else resent(message_id)
     )
@@ -319,12 +338,12 @@ def test_fifo_group_after_a_handed_back_record_is_handed_back_untouched(world) -
         "records after the handed-back one are not claimed"
     )
     assert sorted(world.capillary.calls) == [BASE_ID, BASE_ID + 10, BASE_ID + 11]
-    assert all("message group 'a'" in r.reason for r in (reports[2], reports[4]))
+    assert all("message group 'a'" in (r.reason or "") for r in (reports[2], reports[4]))
     assert all(r.status is None and r.metrics == [] for r in (reports[2], reports[4]))
     assert world.queues.delays == [], "no visibility change on a FIFO queue: it could reorder a group"
 
 
-def test_fifo_poison_kept_does_not_block_its_group_poison_handed_back_does(world) -> None:
+def test_fifo_poison_kept_does_not_block_its_group_poison_handed_back_does(world: World) -> None:
     kept = world.process(fifo("not json", "a"), fifo(BASE_ID, "a"))
     assert [r.retry for r in kept] == [False, False]
     assert world.capillary.calls == [BASE_ID]
@@ -337,8 +356,6 @@ def test_fifo_poison_kept_does_not_block_its_group_poison_handed_back_does(world
 
 @pytest.mark.usefixtures("sleeps")
 def test_fifo_records_of_one_group_run_one_after_another() -> None:
-    from concurrent.futures import ThreadPoolExecutor
-
     with ThreadPoolExecutor(max_workers=4) as pool:
         world = World(pool)
         second_called = threading.Event()
@@ -360,7 +377,7 @@ def test_fifo_records_of_one_group_run_one_after_another() -> None:
     assert [r.status for r in reports] == [Status.RESENT] * 3
 
 
-def test_standard_queue_records_are_still_delayed_on_retry(world) -> None:
+def test_standard_queue_records_are_still_delayed_on_retry(world: World) -> None:
     world.capillary = FakeCapillary([transient()])
 
     (report,) = world.process(delivery(BASE_ID))

@@ -144,9 +144,8 @@ def test_each_row_of_the_classification(
         assert result.resent_message_id is None
         assert result.error_message
     if verdict is Verdict.UNCERTAIN:
-        assert "may have resent" in result.error_message or "without a resentMessageId" in (
-            result.error_message or ""
-        )
+        message = result.error_message or ""
+        assert "may have resent" in message or "without a resentMessageId" in message
 
 
 def test_every_verdict_appears_in_the_table() -> None:

@@ -1,6 +1,7 @@
 """The flow of a batch with fakes around it: backoff, the circuit breaker, the loop guard, outcome writes.
 
-Store, Capillary client and queues are duck-typed fakes; the pool is a real ThreadPoolExecutor (one worker
+Store and Capillary client are fakes checked against their protocols (``resender.ports``), the queues a
+fake whose overrides are checked against ``Queues``; the pool is a real ThreadPoolExecutor (one worker
 where the order of calls matters); randomness comes from a seeded ``random.Random``.
 """
 
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import random
 import threading
 import time
@@ -22,8 +24,9 @@ import pytest
 from resender.events import Delivery
 from resender.models import ResendResult, Status, Verdict
 from resender.observability import MetricName
+from resender.ports import Capillary, Store
 from resender.processor import RECORD_ATTEMPTS, CircuitBreaker, RecordReport, Resender
-from resender.queues import QueueError
+from resender.queues import QueueError, Queues
 from resender.settings import Settings
 from resender.store import Claim, ClaimLostError, ClaimResult, ClaimState, Outcome, StoreError
 from tests.builders import QUEUE_ARN, TOPIC_ARN, failure
@@ -69,7 +72,11 @@ class FakeStore:
         self.depth: dict[int, int] = {}
         self.answers: dict[int, ClaimResult] = {}
         self.claim_error: Exception | None = None
-        self.record_errors: list[Exception] = []  # raised by successive record() calls; last one repeats
+        # Raised by successive record() calls (None: that call succeeds); the last one repeats.
+        self.record_errors: list[Exception | None] = []
+        self.settled: list[tuple[int, Outcome]] = []
+        self.deferred: list[tuple[int, str, int, float]] = []
+        self.defer_error: Exception | None = None
         self._lock = threading.Lock()
 
     def claim(self, message_id: int, lease_seconds: float) -> ClaimResult:
@@ -91,7 +98,18 @@ class FakeStore:
         if error is not None:
             raise error
 
-    def outcome(self, message_id: int) -> Outcome:
+    def settle_without_call(self, message_id: int, outcome: Outcome) -> ClaimResult:
+        with self._lock:
+            self.settled.append((message_id, outcome))
+        return ClaimResult(ClaimState.RECORDED, status=outcome.status)
+
+    def defer(self, claim: Claim, reason: str, *, deferrals: int, next_attempt_at: float) -> None:
+        if self.defer_error is not None:
+            raise self.defer_error
+        with self._lock:
+            self.deferred.append((claim.message_id, reason, deferrals, next_attempt_at))
+
+    def outcome(self, message_id: int | None) -> Outcome:
         return [o for m, o in self.records if m == message_id][-1]
 
 
@@ -120,11 +138,13 @@ class FakeCapillary:
         return self._default(message_id)
 
 
-class FakeQueues:
-    def __init__(self) -> None:
+class FakeQueues(Queues):
+    """Records what would go to SQS; as a subclass, each override is held to the real signature."""
+
+    def __init__(self) -> None:  # no SQS client: every call of an unpaced batch is overridden
         self.delays: list[tuple[str, str, int]] = []
         self.kept: list[tuple[str, str]] = []
-        self.failing_handles: set[str] = set()
+        self.failing_handles: set[str | None] = set()
         self.keep_fails = False
 
     def delay(self, source_arn: str, receipt_handle: str, seconds: int) -> None:
@@ -137,7 +157,7 @@ class FakeQueues:
             raise QueueError("copying a poison record to the dead-letter queue failed (AccessDenied)")
         self.kept.append((body, reason))
 
-    def delay_of(self, handle: str) -> int:
+    def delay_of(self, handle: str | None) -> int:
         return next(seconds for _, h, seconds in self.delays if h == handle)
 
 
@@ -147,6 +167,10 @@ class TopOfRange(random.Random):
     def uniform(self, a: float, b: float) -> float:
         return b
 
+
+# The type checker fails here if a fake drifts from the protocol the processor depends on.
+_store_conforms: Store = FakeStore()
+_capillary_conforms: Capillary = FakeCapillary()
 
 _record_ids = itertools.count(1)
 
@@ -190,9 +214,9 @@ class World:
     def resender(self) -> Resender:
         return Resender(
             self.settings,
-            store=self.store,  # type: ignore[arg-type]
-            capillary=self.capillary,  # type: ignore[arg-type]
-            queues=self.queues,  # type: ignore[arg-type]
+            store=self.store,
+            capillary=self.capillary,
+            queues=self.queues,
             executor=self.executor,
             rng=self.rng,
         )
@@ -217,18 +241,21 @@ def backoffs(resender: Resender, receive_count: int, floor: float = 0.0, n: int 
     return [resender.backoff_seconds(receive_count, floor) for _ in range(n)]
 
 
-def test_backoff_ceiling_doubles_with_the_receive_count_up_to_the_cap(executor) -> None:
+def test_backoff_ceiling_doubles_with_the_receive_count_up_to_the_cap(executor: ThreadPoolExecutor) -> None:
     resender = World(executor, random.Random(1), retry_base_seconds=30, retry_cap_seconds=900).resender
 
     maxima = [max(backoffs(resender, count)) for count in range(1, 9)]
 
     ceilings = [30, 60, 120, 240, 480, 900, 900, 900]
     for seen, ceiling in zip(maxima, ceilings, strict=True):
+        # The largest of 2000 uniform draws comes near its ceiling but is random below it.
         assert 0.97 * ceiling <= seen <= ceiling, (maxima, ceilings)
 
 
 @pytest.mark.parametrize("receive_count", [1, 3, 6, 50, 10**6])
-def test_backoff_is_full_jitter_between_zero_and_its_ceiling(executor, receive_count) -> None:
+def test_backoff_is_full_jitter_between_zero_and_its_ceiling(
+    executor: ThreadPoolExecutor, receive_count: int
+) -> None:
     resender = World(
         executor, random.Random(receive_count), retry_base_seconds=30, retry_cap_seconds=900
     ).resender
@@ -242,7 +269,7 @@ def test_backoff_is_full_jitter_between_zero_and_its_ceiling(executor, receive_c
     assert all(800 <= quarters[q] <= 1200 for q in range(4)), quarters  # uniform: ~1000 in each quarter
 
 
-def test_backoff_base_and_cap_come_from_the_settings(executor) -> None:
+def test_backoff_base_and_cap_come_from_the_settings(executor: ThreadPoolExecutor) -> None:
     world = World(executor, TopOfRange())
     world.settings = Settings.from_env({**REQUIRED, "RETRY_BASE_SECONDS": "5", "RETRY_CAP_SECONDS": "40"})
 
@@ -261,16 +288,21 @@ def test_settings_defaults_for_retry_breaker_and_loop_guard() -> None:
     ("receive_count", "floor"),
     [(1, 300), (1, 10.2), (4, 100), (8, 2000)],  # below the ceiling, above it, and above the cap
 )
-def test_backoff_is_never_shorter_than_a_retry_after(executor, receive_count, floor) -> None:
+def test_backoff_is_never_shorter_than_a_retry_after(
+    executor: ThreadPoolExecutor, receive_count: int, floor: float
+) -> None:
     resender = World(executor, random.Random(3), retry_base_seconds=30, retry_cap_seconds=900).resender
 
     values = backoffs(resender, receive_count, floor)
 
+    # Full jitter: each value is random between its bounds, and the ceiling rounds up a fractional floor.
     assert min(values) >= floor
     assert max(values) <= max(floor + 1, min(900, 30 * 2 ** (receive_count - 1)))
 
 
-def test_retried_record_is_hidden_for_a_backoff_that_grows_with_its_receive_count(executor, sleeps) -> None:
+def test_retried_record_is_hidden_for_a_backoff_that_grows_with_its_receive_count(
+    executor: ThreadPoolExecutor, sleeps: list[float]
+) -> None:
     world = World(executor, TopOfRange())
     world.capillary = FakeCapillary(default=lambda _: transient())
     records = [delivery(BASE_ID + count, receive_count=count) for count in (1, 2, 3, 4)]
@@ -282,7 +314,7 @@ def test_retried_record_is_hidden_for_a_backoff_that_grows_with_its_receive_coun
     assert {arn for arn, _, _ in world.queues.delays} == {QUEUE_ARN}
 
 
-def test_retry_after_from_capillary_is_the_floor_of_the_backoff(world) -> None:
+def test_retry_after_from_capillary_is_the_floor_of_the_backoff(world: World) -> None:
     world.capillary = FakeCapillary(default=lambda _: transient(retry_after=600))
     record = delivery(BASE_ID)
 
@@ -290,10 +322,13 @@ def test_retry_after_from_capillary_is_the_floor_of_the_backoff(world) -> None:
 
     assert report.retry
     assert report.min_delay_seconds == 600
-    assert world.queues.delay_of(record.receipt_handle) >= 600
+    # The first delivery's backoff ceiling (30 s) is below the floor, so the floor is the delay.
+    assert world.queues.delay_of(record.receipt_handle) == 600
 
 
-def test_failed_visibility_change_still_retries_the_record_and_the_batch_goes_on(world, log_lines) -> None:
+def test_failed_visibility_change_still_retries_the_record_and_the_batch_goes_on(
+    world: World, log_lines: list[str]
+) -> None:
     world.capillary = FakeCapillary(default=lambda _: transient())
     records = [delivery(BASE_ID + offset) for offset in range(3)]
     world.queues.failing_handles.add(records[0].receipt_handle)
@@ -306,7 +341,7 @@ def test_failed_visibility_change_still_retries_the_record_and_the_batch_goes_on
     assert [line["recordId"] for line in warnings] == [records[0].record_id]
 
 
-def test_only_retried_sqs_records_are_delayed(world) -> None:
+def test_only_retried_sqs_records_are_delayed(world: World) -> None:
     world.capillary = FakeCapillary([resent(BASE_ID), transient()])
     sqs_ok, sns_retried = delivery(BASE_ID), delivery(BASE_ID + 1, arn=TOPIC_ARN)
 
@@ -319,7 +354,7 @@ def test_only_retried_sqs_records_are_delayed(world) -> None:
 # -- circuit breaker -------------------------------------------------------------------------------------
 
 
-def test_circuit_opens_after_threshold_consecutive_transient_failures(world) -> None:
+def test_circuit_opens_after_threshold_consecutive_transient_failures(world: World) -> None:
     world.capillary = FakeCapillary(default=lambda _: transient())
     records = [delivery(BASE_ID + offset) for offset in range(10)]
 
@@ -328,7 +363,7 @@ def test_circuit_opens_after_threshold_consecutive_transient_failures(world) -> 
     assert world.capillary.calls == [BASE_ID, BASE_ID + 1, BASE_ID + 2]
     assert all(report.retry and report.status is Status.RETRYING for report in reports)
     for report in reports[3:]:
-        assert "circuit open" in report.reason
+        assert "circuit open" in (report.reason or "")
         assert MetricName.CIRCUIT_OPEN in metric_names(report)
         assert world.store.outcome(report.message_id) == Outcome(
             Status.RETRYING, error_message="circuit open"
@@ -342,17 +377,17 @@ def test_circuit_opens_after_threshold_consecutive_transient_failures(world) -> 
     [resent(BASE_ID), ResendResult(Verdict.NOT_FOUND, error_code=4223), ResendResult(Verdict.REJECTED)],
     ids=["resent", "not-found", "rejected"],
 )
-def test_an_answer_from_capillary_closes_the_circuit(world, closing) -> None:
+def test_an_answer_from_capillary_closes_the_circuit(world: World, closing: ResendResult) -> None:
     t = transient()
     world.capillary = FakeCapillary([t, t, closing, t, t, closing, t, t, t], default=lambda _: transient())
 
     reports = world.process(*(delivery(BASE_ID + offset) for offset in range(10)))
 
     assert len(world.capillary.calls) == 9
-    assert "circuit open" in reports[9].reason
+    assert "circuit open" in (reports[9].reason or "")
 
 
-def test_circuit_threshold_is_a_setting(executor, sleeps) -> None:
+def test_circuit_threshold_is_a_setting(executor: ThreadPoolExecutor, sleeps: list[float]) -> None:
     world = World(executor, circuit_breaker_threshold=5)
     world.capillary = FakeCapillary(default=lambda _: transient())
 
@@ -361,7 +396,7 @@ def test_circuit_threshold_is_a_setting(executor, sleeps) -> None:
     assert len(world.capillary.calls) == 5
 
 
-def test_each_batch_starts_with_a_closed_circuit(world) -> None:
+def test_each_batch_starts_with_a_closed_circuit(world: World) -> None:
     world.capillary = FakeCapillary([transient()] * 3)
     resender = world.resender  # one per container: the breaker must still be one per batch
     resender.process([delivery(BASE_ID + offset) for offset in range(5)], lambda: 30.0)
@@ -393,7 +428,9 @@ def test_circuit_breaker_counts_exactly_under_contention() -> None:
 # -- outcome writes --------------------------------------------------------------------------------------
 
 
-def test_outcome_write_failing_after_a_resend_is_logged_for_reconciliation(world, sleeps, log_lines) -> None:
+def test_outcome_write_failing_after_a_resend_is_logged_for_reconciliation(
+    world: World, sleeps: list[float], log_lines: list[str]
+) -> None:
     world.store.record_errors = [StoreError("recording the outcome failed (ProvisionedThroughputExceeded)")]
     record = delivery(BASE_ID)
 
@@ -408,13 +445,15 @@ def test_outcome_write_failing_after_a_resend_is_logged_for_reconciliation(world
     assert any(line.get("resentMessageId") == BASE_ID + 10**6 for line in errors)
     # The record comes back only once the claim has expired, so the next delivery records UNCERTAIN.
     [(_, lease)] = world.store.claims
-    assert report.min_delay_seconds >= lease
-    assert world.queues.delay_of(record.receipt_handle) >= lease
+    assert report.min_delay_seconds == lease
+    assert world.queues.delay_of(record.receipt_handle) == math.ceil(lease)
 
 
-def test_outcome_write_that_succeeds_on_a_later_attempt_is_acknowledged(world, sleeps) -> None:
+def test_outcome_write_that_succeeds_on_a_later_attempt_is_acknowledged(
+    world: World, sleeps: list[float]
+) -> None:
     error = StoreError("recording the outcome failed (InternalServerError)")
-    world.store.record_errors = [error, error, None]  # type: ignore[list-item]
+    world.store.record_errors = [error, error, None]
 
     [report] = world.process(delivery(BASE_ID))
 
@@ -423,7 +462,7 @@ def test_outcome_write_that_succeeds_on_a_later_attempt_is_acknowledged(world, s
     assert MetricName.OUTCOME_WRITE_FAILED not in metric_names(report)
 
 
-def test_claim_lost_while_recording_is_acknowledged_not_retried(world) -> None:
+def test_claim_lost_while_recording_is_acknowledged_not_retried(world: World) -> None:
     world.store.record_errors = [ClaimLostError("the claim was settled by another delivery")]
 
     [report] = world.process(delivery(BASE_ID))
@@ -433,7 +472,7 @@ def test_claim_lost_while_recording_is_acknowledged_not_retried(world) -> None:
     assert MetricName.OUTCOME_WRITE_FAILED not in metric_names(report)
 
 
-def test_resend_outcome_carries_the_new_id_so_the_store_can_link_it_in_the_same_write(world) -> None:
+def test_resend_outcome_carries_the_new_id_so_the_store_can_link_it_in_the_same_write(world: World) -> None:
     [report] = world.process(delivery(BASE_ID))
 
     outcome = world.store.outcome(BASE_ID)
@@ -445,16 +484,18 @@ def test_resend_outcome_carries_the_new_id_so_the_store_can_link_it_in_the_same_
 # -- claims and the deadline -----------------------------------------------------------------------------
 
 
-def test_too_little_time_left_means_no_claim_and_no_call(world) -> None:
+def test_too_little_time_left_means_no_claim_and_no_call(world: World) -> None:
     [report] = world.process(delivery(BASE_ID), remaining=1.0)
 
     assert world.store.claims == []
     assert world.capillary.calls == []
     assert report.retry
-    assert "not enough time" in report.reason
+    assert "not enough time" in (report.reason or "")
 
 
-def test_claim_lease_covers_the_rest_of_the_invocation_plus_the_margin(executor, sleeps) -> None:
+def test_claim_lease_covers_the_rest_of_the_invocation_plus_the_margin(
+    executor: ThreadPoolExecutor, sleeps: list[float]
+) -> None:
     world = World(executor, claim_margin_seconds=60)
 
     world.process(delivery(BASE_ID), remaining=30.0)
@@ -462,14 +503,14 @@ def test_claim_lease_covers_the_rest_of_the_invocation_plus_the_margin(executor,
     assert world.store.claims == [(BASE_ID, 90.0)]
 
 
-def test_store_failing_to_claim_means_no_call_and_a_retry(world) -> None:
+def test_store_failing_to_claim_means_no_call_and_a_retry(world: World) -> None:
     world.store.claim_error = StoreError("claim failed (ProvisionedThroughputExceededException)")
 
     [report] = world.process(delivery(BASE_ID))
 
     assert world.capillary.calls == []
     assert report.retry
-    assert "not claimed" in report.reason
+    assert "not claimed" in (report.reason or "")
 
 
 @pytest.mark.parametrize(
@@ -481,7 +522,9 @@ def test_store_failing_to_claim_means_no_call_and_a_retry(world) -> None:
     ],
     ids=["settled", "expired", "in-flight"],
 )
-def test_claim_taken_by_someone_else_is_never_called(world, answer, status, retry) -> None:
+def test_claim_taken_by_someone_else_is_never_called(
+    world: World, answer: Callable[[], ClaimResult], status: Status | None, retry: bool
+) -> None:
     world.store.answers[BASE_ID] = answer()
     record = delivery(BASE_ID)
 
@@ -490,6 +533,7 @@ def test_claim_taken_by_someone_else_is_never_called(world, answer, status, retr
     assert world.capillary.calls == []
     assert (report.status, report.retry) == (status, retry)
     if retry:  # it comes back once the other holder's lease has run out, not before
+        # The lease end is read against the real wall clock, so only its lower bound is fixed.
         assert world.queues.delay_of(record.receipt_handle) >= 100
 
 
@@ -499,7 +543,9 @@ def test_claim_taken_by_someone_else_is_never_called(world, answer, status, retr
 @pytest.mark.parametrize(
     ("depth", "limit", "called"), [(0, 2, True), (1, 2, True), (2, 2, False), (5, 2, False), (2, 3, True)]
 )
-def test_resend_chain_stops_at_max_resend_depth(executor, sleeps, depth, limit, called) -> None:
+def test_resend_chain_stops_at_max_resend_depth(
+    executor: ThreadPoolExecutor, sleeps: list[float], depth: int, limit: int, called: bool
+) -> None:
     world = World(executor, max_resend_depth=limit)
     world.store.depth[BASE_ID] = depth
 
@@ -512,13 +558,13 @@ def test_resend_chain_stops_at_max_resend_depth(executor, sleeps, depth, limit, 
         assert MetricName.SKIPPED in metric_names(report)
         outcome = world.store.outcome(BASE_ID)
         assert outcome.status is Status.SKIPPED
-        assert f"MAX_RESEND_DEPTH={limit}" in outcome.error_message
+        assert f"MAX_RESEND_DEPTH={limit}" in (outcome.error_message or "")
 
 
 # -- poison, duplicates, concurrency ---------------------------------------------------------------------
 
 
-def test_body_over_256_kib_is_poison_even_with_a_valid_id(world) -> None:
+def test_body_over_256_kib_is_poison_even_with_a_valid_id(world: World) -> None:
     at_limit = json.dumps({"messageId": BASE_ID, "pad": ""})
     at_limit = at_limit[:-2] + "x" * (256 * 1024 - len(at_limit)) + '"}'
     over = at_limit[:-2] + 'x"}'
@@ -535,7 +581,7 @@ def test_body_over_256_kib_is_poison_even_with_a_valid_id(world) -> None:
     assert "bytes" in reason
 
 
-def test_poison_that_cannot_be_kept_is_handed_back_never_sent(world) -> None:
+def test_poison_that_cannot_be_kept_is_handed_back_never_sent(world: World) -> None:
     world.queues.keep_fails = True
 
     [report] = world.process(delivery("not json"))
@@ -545,7 +591,7 @@ def test_poison_that_cannot_be_kept_is_handed_back_never_sent(world) -> None:
     assert world.store.claims == []
 
 
-def test_records_are_handled_concurrently(sleeps) -> None:
+def test_records_are_handled_concurrently(sleeps: list[float]) -> None:
     barrier = threading.Barrier(10, timeout=5)  # breaks unless ten calls are in flight at the same time
 
     def meet(message_id: int) -> ResendResult:
@@ -560,7 +606,7 @@ def test_records_are_handled_concurrently(sleeps) -> None:
     assert [report.status for report in reports] == [Status.RESENT] * 10
 
 
-def test_duplicates_in_a_concurrent_batch_reach_capillary_once(sleeps) -> None:
+def test_duplicates_in_a_concurrent_batch_reach_capillary_once(sleeps: list[float]) -> None:
     with ThreadPoolExecutor(max_workers=10) as pool:
         world = World(pool)
         records = [delivery(BASE_ID, receive_count=n) for n in range(1, 9)]

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from requests.adapters import HTTPAdapter
 
 from resender.settings import (
     CAPILLARY_CONNECT_ATTEMPTS,
@@ -392,7 +393,10 @@ def test_a_single_bad_setting_is_reported_alone() -> None:
 def test_connect_attempts_in_the_budget_are_the_ones_the_client_makes() -> None:
     from resender.capillary import build_session
 
-    retry = build_session(1).get_adapter("https://eu.api.capillarytech.com").max_retries
+    adapter = build_session(1).get_adapter("https://eu.api.capillarytech.com")
+    assert isinstance(adapter, HTTPAdapter)
+    retry = adapter.max_retries
+    assert retry.connect is not None
     assert 1 + retry.connect == CAPILLARY_CONNECT_ATTEMPTS
     assert retry.read == 0  # a resend is never repeated after it may have been sent
 
