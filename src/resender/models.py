@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from enum import StrEnum
+from typing import Any
 
 
 class Status(StrEnum):
@@ -35,15 +36,25 @@ class Verdict(StrEnum):
     UNCERTAIN = "UNCERTAIN"
 
 
-@dataclass(frozen=True, slots=True)
-class ResendResult:
-    verdict: Verdict
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Answer:
+    """What Capillary said about one message: read by the client, then stored on its outcome as it was."""
+
     resent_message_id: int | None = None
     org_id: int | None = None
     request_id: str | None = None
     error_code: int | None = None
     error_message: str | None = None
     http_status: int | None = None
+
+    def answer(self) -> dict[str, Any]:
+        """These fields alone, to carry them from one kind of answer to another unchanged."""
+        return {field.name: getattr(self, field.name) for field in fields(Answer)}
+
+
+@dataclass(frozen=True, slots=True)
+class ResendResult(Answer):
+    verdict: Verdict
     retry_after_seconds: float | None = None
     latency_ms: float | None = None
 

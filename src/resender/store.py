@@ -22,9 +22,9 @@ from typing import TYPE_CHECKING, Any, Final, cast
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from resender.dynamodb_codec import item_to_plain, to_attribute_value
+from resender.dynamodb_codec import PlainValue, item_to_plain, to_item
 from resender.errors import ResenderError
-from resender.models import FINAL_STATUSES, ResendResult, Status
+from resender.models import FINAL_STATUSES, Answer, ResendResult, Status
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -80,29 +80,15 @@ class ClaimResult:
 
 
 @dataclass(frozen=True, slots=True)
-class Outcome:
+class Outcome(Answer):
     status: Status
-    resent_message_id: int | None = None
-    org_id: int | None = None
-    request_id: str | None = None
-    error_code: int | None = None
-    error_message: str | None = None
-    http_status: int | None = None
     policy: str | None = None  # the rule that refused a SKIPPED record
     answered_org_id: int | None = None  # the orgId Capillary answered with, when it is not ``org_id``
 
     @classmethod
     def from_result(cls, result: ResendResult) -> Outcome:
         """The outcome Capillary's answer leads to."""
-        return cls(
-            status=result.status,
-            resent_message_id=result.resent_message_id,
-            org_id=result.org_id,
-            request_id=result.request_id,
-            error_code=result.error_code,
-            error_message=result.error_message,
-            http_status=result.http_status,
-        )
+        return cls(result.status, **result.answer())
 
     def attributes(self) -> dict[str, Any]:
         values = {
@@ -132,6 +118,11 @@ class OutcomeStore:
         self._ttl = ttl_seconds
         self._clock = clock
 
+    def _stamp(self, now: float) -> dict[str, PlainValue]:
+        # Every write refreshes the item's time and its expiry, so an item lives ``ttl_seconds`` after its
+        # last change, not after its first.
+        return {":now": _iso(now), ":expires": int(now) + self._ttl}
+
     def claim(self, message_id: int, lease_seconds: float) -> ClaimResult:
         now = self._clock()
         token = uuid.uuid4().hex
@@ -146,16 +137,17 @@ class OutcomeStore:
                 ),
                 ConditionExpression="attribute_not_exists(#status) OR #status = :retrying",
                 ExpressionAttributeNames={"#status": "status"},
-                ExpressionAttributeValues={
-                    ":claimed": {"S": Status.IN_PROGRESS},
-                    ":retrying": {"S": Status.RETRYING},
-                    ":zero": {"N": "0"},
-                    ":one": {"N": "1"},
-                    ":token": {"S": token},
-                    ":lease": {"N": str(int(now + lease_seconds) + 1)},
-                    ":now": {"S": _iso(now)},
-                    ":expires": {"N": str(int(now) + self._ttl)},
-                },
+                ExpressionAttributeValues=to_item(
+                    {
+                        ":claimed": Status.IN_PROGRESS,
+                        ":retrying": Status.RETRYING,
+                        ":zero": 0,
+                        ":one": 1,
+                        ":token": token,
+                        ":lease": int(now + lease_seconds) + 1,
+                        **self._stamp(now),
+                    }
+                ),
                 ReturnValues="ALL_NEW",
                 ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
@@ -187,12 +179,11 @@ class OutcomeStore:
         now = self._clock()
         attributes = outcome.attributes()
         names = {"#status": "status"}
-        values: dict[str, Any] = {
-            ":status": {"S": outcome.status},
-            ":retrying": {"S": Status.RETRYING},
-            ":zero": {"N": "0"},
-            ":now": {"S": _iso(now)},
-            ":expires": {"N": str(int(now) + self._ttl)},
+        values: dict[str, PlainValue] = {
+            ":status": outcome.status,
+            ":retrying": Status.RETRYING,
+            ":zero": 0,
+            **self._stamp(now),
         }
         assignments = [
             "#status = :status",
@@ -203,7 +194,7 @@ class OutcomeStore:
         ]
         for index, (name, value) in enumerate(attributes.items()):
             names[f"#a{index}"] = name
-            values[f":a{index}"] = to_attribute_value(value)
+            values[f":a{index}"] = value
             assignments.append(f"#a{index} = :a{index}")
         removals = ["claimToken", "leaseExpiresAt"] + [
             name for name in OPTIONAL_ATTRIBUTES if name not in attributes
@@ -215,7 +206,7 @@ class OutcomeStore:
                 UpdateExpression=f"SET {', '.join(assignments)} REMOVE {', '.join(removals)}",
                 ConditionExpression="attribute_not_exists(#status) OR #status = :retrying",
                 ExpressionAttributeNames=names,
-                ExpressionAttributeValues=values,
+                ExpressionAttributeValues=to_item(values),
                 ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
         except ClientError as error:
@@ -256,14 +247,15 @@ class OutcomeStore:
             ),
             ConditionExpression="#status = :claimed AND claimToken = :token",
             ExpressionAttributeNames={"#status": "status"},
-            ExpressionAttributeValues={
-                ":status": {"S": status},
-                ":claimed": {"S": Status.IN_PROGRESS},
-                ":token": {"S": token},
-                ":why": {"S": why},
-                ":now": {"S": _iso(now)},
-                ":expires": {"N": str(int(now) + self._ttl)},
-            },
+            ExpressionAttributeValues=to_item(
+                {
+                    ":status": status,
+                    ":claimed": Status.IN_PROGRESS,
+                    ":token": token,
+                    ":why": why,
+                    **self._stamp(now),
+                }
+            ),
         )
 
     def defer(self, claim: Claim, reason: str, *, deferrals: int, next_attempt_at: float) -> None:
@@ -284,16 +276,17 @@ class OutcomeStore:
                 ),
                 ConditionExpression="#status = :claimed AND claimToken = :token",
                 ExpressionAttributeNames={"#status": "status"},
-                ExpressionAttributeValues={
-                    ":status": {"S": Status.RETRYING},
-                    ":claimed": {"S": Status.IN_PROGRESS},
-                    ":token": {"S": claim.token},
-                    ":why": {"S": reason},
-                    ":deferrals": {"N": str(deferrals)},
-                    ":next": {"S": _iso(next_attempt_at)},
-                    ":now": {"S": _iso(now)},
-                    ":expires": {"N": str(int(now) + self._ttl)},
-                },
+                ExpressionAttributeValues=to_item(
+                    {
+                        ":status": Status.RETRYING,
+                        ":claimed": Status.IN_PROGRESS,
+                        ":token": claim.token,
+                        ":why": reason,
+                        ":deferrals": deferrals,
+                        ":next": _iso(next_attempt_at),
+                        **self._stamp(now),
+                    }
+                ),
             )
         except ClientError as error:
             if _code(error) == "ConditionalCheckFailedException":
@@ -336,16 +329,15 @@ class OutcomeStore:
         now = self._clock()
         attributes = outcome.attributes()
         names = {"#status": "status"}
-        values: dict[str, Any] = {
-            ":status": {"S": outcome.status},
-            ":now": {"S": _iso(now)},
-            ":expires": {"N": str(int(now) + self._ttl)},
-            ":token": {"S": claim.token},
+        values: dict[str, PlainValue] = {
+            ":status": outcome.status,
+            **self._stamp(now),
+            ":token": claim.token,
         }
         assignments = ["#status = :status", "updatedAt = :now", "expiresAt = :expires"]
         for index, (name, value) in enumerate(attributes.items()):
             names[f"#a{index}"] = name
-            values[f":a{index}"] = to_attribute_value(value)
+            values[f":a{index}"] = value
             assignments.append(f"#a{index} = :a{index}")
         removals = ["claimToken", "leaseExpiresAt"] + [
             name for name in OPTIONAL_ATTRIBUTES if name not in attributes
@@ -356,7 +348,7 @@ class OutcomeStore:
             "UpdateExpression": f"SET {', '.join(assignments)} REMOVE {', '.join(removals)}",
             "ConditionExpression": "claimToken = :token",
             "ExpressionAttributeNames": names,
-            "ExpressionAttributeValues": values,
+            "ExpressionAttributeValues": to_item(values),
         }
 
     def _link(self, claim: Claim, resent_message_id: int) -> TransactWriteItemTypeDef:
@@ -369,13 +361,14 @@ class OutcomeStore:
                     "SET resendOf = :of, resendDepth = :depth, rootMessageId = :root, "
                     "linkedAt = :now, expiresAt = if_not_exists(expiresAt, :expires)"
                 ),
-                "ExpressionAttributeValues": {
-                    ":of": {"N": str(claim.message_id)},
-                    ":depth": {"N": str(claim.depth + 1)},
-                    ":root": {"N": str(claim.root_message_id)},
-                    ":now": {"S": _iso(now)},
-                    ":expires": {"N": str(int(now) + self._ttl)},
-                },
+                "ExpressionAttributeValues": to_item(
+                    {
+                        ":of": claim.message_id,
+                        ":depth": claim.depth + 1,
+                        ":root": claim.root_message_id,
+                        **self._stamp(now),
+                    }
+                ),
             }
         }
 
@@ -437,22 +430,22 @@ class OutcomeStore:
         value returned is DynamoDB's key to pass back as ``page_token`` for the next page, or None.
         """
         condition = "#status = :status"
-        values: dict[str, Any] = {":status": {"S": status}}
+        values: dict[str, PlainValue] = {":status": status}
         if since is not None and until is not None:
             condition += " AND updatedAt BETWEEN :since AND :until"
-            values[":since"], values[":until"] = {"S": since}, {"S": until}
+            values[":since"], values[":until"] = since, until
         elif since is not None:
             condition += " AND updatedAt >= :since"
-            values[":since"] = {"S": since}
+            values[":since"] = since
         elif until is not None:
             condition += " AND updatedAt <= :until"
-            values[":until"] = {"S": until}
+            values[":until"] = until
         request: dict[str, Any] = {
             "TableName": self._table,
             "IndexName": index_name,
             "KeyConditionExpression": condition,
             "ExpressionAttributeNames": {"#status": "status"},
-            "ExpressionAttributeValues": values,
+            "ExpressionAttributeValues": to_item(values),
             "ScanIndexForward": False,
             "Limit": max(1, limit),
         }
@@ -492,24 +485,23 @@ class OutcomeStore:
         now = self._clock()
         token = uuid.uuid4().hex
         condition = "#status = :expected"
-        values: dict[str, Any] = {
-            ":claimed": {"S": Status.IN_PROGRESS},
-            ":expected": {"S": expected_status},
-            ":one": {"N": "1"},
-            ":zero": {"N": "0"},
-            ":token": {"S": token},
-            ":lease": {"N": str(int(now + lease_seconds) + 1)},
-            ":now": {"S": _iso(now)},
-            ":expires": {"N": str(int(now) + self._ttl)},
-            ":forced": {"BOOL": True},
-            ":by": {"S": forced_by},
+        values: dict[str, PlainValue] = {
+            ":claimed": Status.IN_PROGRESS,
+            ":expected": expected_status,
+            ":one": 1,
+            ":zero": 0,
+            ":token": token,
+            ":lease": int(now + lease_seconds) + 1,
+            **self._stamp(now),
+            ":forced": True,
+            ":by": forced_by,
         }
         if expected_token is not None:
             condition += " AND claimToken = :stale"
-            values[":stale"] = {"S": expected_token}
+            values[":stale"] = expected_token
         if expected_updated_at is not None:
             condition += " AND updatedAt = :seen"
-            values[":seen"] = {"S": expected_updated_at}
+            values[":seen"] = expected_updated_at
         assignments = (
             "SET #status = :claimed, attempts = if_not_exists(attempts, :zero) + :one, claimToken = :token, "
             "leaseExpiresAt = :lease, createdAt = if_not_exists(createdAt, :now), updatedAt = :now, "
@@ -517,10 +509,10 @@ class OutcomeStore:
         )
         if reason:
             assignments += ", forceReason = :reason"
-            values[":reason"] = {"S": reason}
+            values[":reason"] = reason
         if previous_resent_message_id is not None:
             assignments += ", previousResentMessageId = :previous"
-            values[":previous"] = {"N": str(previous_resent_message_id)}
+            values[":previous"] = previous_resent_message_id
         try:
             response = self._client.update_item(
                 TableName=self._table,
@@ -528,7 +520,7 @@ class OutcomeStore:
                 UpdateExpression=assignments,
                 ConditionExpression=condition,
                 ExpressionAttributeNames={"#status": "status"},
-                ExpressionAttributeValues=values,
+                ExpressionAttributeValues=to_item(values),
                 ReturnValues="ALL_NEW",
             )
         except ClientError as error:

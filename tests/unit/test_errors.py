@@ -13,6 +13,8 @@ from resender.errors import ResenderError
 def project_exception_classes() -> list[type[BaseException]]:
     found: list[type[BaseException]] = []
     for module_info in pkgutil.walk_packages(resender.__path__, prefix="resender."):
+        if module_info.name.endswith(".__main__"):
+            continue  # importing it runs the command
         module = importlib.import_module(module_info.name)
         for _, value in inspect.getmembers(module, inspect.isclass):
             if issubclass(value, BaseException) and value.__module__ == module.__name__:

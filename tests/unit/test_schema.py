@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
-from jsonschema import Draft202012Validator  # type: ignore[import-untyped]
+from jsonschema import Draft202012Validator
 
 from resender.cli.submit import Source, read_inputs
 from resender.events import MessageIdParser, PoisonError, parse_event, unwrap
