@@ -236,14 +236,28 @@ class OutcomeStore:
         except (ClientError, BotoCoreError):
             return  # the claim never landed (condition failed), or DynamoDB is still unreachable
 
-    def _close_claim(self, message_id: int, token: str, status: Status, why: str, now: float) -> None:
-        """Move the claim holding ``token`` to ``status`` without an answer from Capillary."""
+    def _close_claim(
+        self,
+        message_id: int,
+        token: str,
+        status: Status,
+        why: str,
+        now: float,
+        *,
+        also: Mapping[str, PlainValue] | None = None,
+    ) -> None:
+        """Move the claim holding ``token`` to ``status`` without an answer from Capillary.
+
+        ``also`` sets further attributes in the same conditional write, by their item names.
+        """
+        extra = dict(also or {})
+        assignments = "".join(f"{name} = :{name}, " for name in extra)
         self._client.update_item(
             TableName=self._table,
             Key=_key(message_id),
             UpdateExpression=(
-                "SET #status = :status, errorMessage = :why, updatedAt = :now, expiresAt = :expires "
-                "REMOVE claimToken, leaseExpiresAt"
+                f"SET #status = :status, errorMessage = :why, {assignments}updatedAt = :now, "
+                "expiresAt = :expires REMOVE claimToken, leaseExpiresAt"
             ),
             ConditionExpression="#status = :claimed AND claimToken = :token",
             ExpressionAttributeNames={"#status": "status"},
@@ -253,6 +267,7 @@ class OutcomeStore:
                     ":claimed": Status.IN_PROGRESS,
                     ":token": token,
                     ":why": why,
+                    **{f":{name}": value for name, value in extra.items()},
                     **self._stamp(now),
                 }
             ),
@@ -264,29 +279,10 @@ class OutcomeStore:
         The item becomes ``RETRYING`` again (any later delivery may claim it) and shows how often the message
         was held back and when it comes next, for ``resender status``.
         """
-        now = self._clock()
+        held_back: dict[str, PlainValue] = {"deferrals": deferrals, "nextAttemptAt": _iso(next_attempt_at)}
         try:
-            self._client.update_item(
-                TableName=self._table,
-                Key=_key(claim.message_id),
-                UpdateExpression=(
-                    "SET #status = :status, errorMessage = :why, deferrals = :deferrals, "
-                    "nextAttemptAt = :next, updatedAt = :now, expiresAt = :expires "
-                    "REMOVE claimToken, leaseExpiresAt"
-                ),
-                ConditionExpression="#status = :claimed AND claimToken = :token",
-                ExpressionAttributeNames={"#status": "status"},
-                ExpressionAttributeValues=to_item(
-                    {
-                        ":status": Status.RETRYING,
-                        ":claimed": Status.IN_PROGRESS,
-                        ":token": claim.token,
-                        ":why": reason,
-                        ":deferrals": deferrals,
-                        ":next": _iso(next_attempt_at),
-                        **self._stamp(now),
-                    }
-                ),
+            self._close_claim(
+                claim.message_id, claim.token, Status.RETRYING, reason, self._clock(), also=held_back
             )
         except ClientError as error:
             if _code(error) == "ConditionalCheckFailedException":
