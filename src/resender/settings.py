@@ -210,13 +210,13 @@ class Settings:
     max_resend_depth: int = setting("MAX_RESEND_DEPTH", 2, minimum=0)
     message_id_path: str = setting("MESSAGE_ID_PATH", "messageId", _path)
     idempotency_ttl_seconds: int = setting("IDEMPOTENCY_TTL_SECONDS", 7 * 24 * 3600, minimum=1)
-    secret_max_age_seconds: int = setting("SECRET_MAX_AGE_SECONDS", 300, minimum=0)
+    secret_max_age_seconds: int = setting("SECRET_MAX_AGE_SECONDS", 5 * 60, minimum=0)
     resend_concurrency: int = setting("RESEND_CONCURRENCY", 10, minimum=1)
     claim_margin_seconds: int = setting("CLAIM_MARGIN_SECONDS", 60, minimum=0)
-    default_claim_lease_seconds: int = setting("CLAIM_LEASE_SECONDS", 900, minimum=1)
+    default_claim_lease_seconds: int = setting("CLAIM_LEASE_SECONDS", 15 * 60, minimum=1)
     circuit_breaker_threshold: int = setting("CIRCUIT_BREAKER_THRESHOLD", 3, minimum=1)
     retry_base_seconds: int = setting("RETRY_BASE_SECONDS", 30, minimum=0)
-    retry_cap_seconds: int = setting("RETRY_CAP_SECONDS", 900, minimum=0)
+    retry_cap_seconds: int = setting("RETRY_CAP_SECONDS", 15 * 60, minimum=0)
     max_body_bytes: int = setting("MAX_BODY_BYTES", 256 * 1024, minimum=1)
     max_text_chars: int = setting("MAX_TEXT_CHARS", 512, minimum=64)
     # Resend policy (see resender.policy); each default is the contract's.
@@ -225,7 +225,7 @@ class Settings:
     channel_path: str = setting("CHANNEL_PATH", "channel", _path)
     resend_channels: tuple[str, ...] = setting("RESEND_CHANNELS", (), _list)
     failed_at_path: str = setting("FAILED_AT_PATH", "failedAt", _path)
-    resend_max_age_seconds: int = setting("RESEND_MAX_AGE_SECONDS", 86_400, minimum=0)
+    resend_max_age_seconds: int = setting("RESEND_MAX_AGE_SECONDS", 24 * 3600, minimum=0)
     skip_when: str = setting("SKIP_WHEN", "", _path)
     # Several orgs: where the org id sits in the payload; empty means one org per deployment.
     org_id_path: str = setting("ORG_ID_PATH", "", _path)
@@ -235,12 +235,12 @@ class Settings:
     resend_burst: int = setting("RESEND_BURST", 1, minimum=1)
     rate_window_seconds: float = setting("RATE_WINDOW_SECONDS", 60.0, minimum=0.1)
     pacing_max_wait_seconds: float = setting("PACING_MAX_WAIT_SECONDS", 10.0, minimum=0.0)
+    deferral_max_age_seconds: int = setting("DEFERRAL_MAX_AGE_SECONDS", 24 * 3600, minimum=60)
     adaptive_start_per_minute: float = setting("ADAPTIVE_START_PER_MINUTE", 60.0, minimum=1.0)
     adaptive_min_per_minute: float = setting("ADAPTIVE_MIN_PER_MINUTE", 6.0, minimum=0.1)
     adaptive_period_seconds: float = setting("ADAPTIVE_PERIOD_SECONDS", 30.0, minimum=0.1)
     shared_breaker_threshold: int = setting("SHARED_BREAKER_THRESHOLD", 5, minimum=1)
     shared_breaker_open_seconds: float = setting("SHARED_BREAKER_OPEN_SECONDS", 30.0, minimum=0.1)
-    deferral_max_age_seconds: int = setting("DEFERRAL_MAX_AGE_SECONDS", 24 * 3600, minimum=60)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
