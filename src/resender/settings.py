@@ -197,6 +197,7 @@ def _path(env: Mapping[str, str], name: str, default: str) -> str:
 
 
 def _text(env: Mapping[str, str], name: str, default: str | None) -> str | None:
+    """A name or URL; blank means ``default``, as it does for every other setting."""
     return env.get(name, "").strip() or default
 
 
@@ -255,7 +256,7 @@ class Settings:
 
 
 def _check_together(settings: Settings) -> None:
-    """The checks across settings, or of a bound no reader states, made once every value was read."""
+    """The checks made once every value is read: across settings, and the bounds ``minimum`` cannot state."""
     if settings.capillary_timeout_seconds <= 0:
         _problem("CAPILLARY_TIMEOUT_SECONDS must be greater than 0")
     if settings.retry_cap_seconds > 43_200:
