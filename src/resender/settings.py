@@ -9,16 +9,17 @@ from __future__ import annotations
 import math
 import os
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
-from typing import Final, TypeVar
+from dataclasses import Field, dataclass, field, fields
+from typing import Any, Final, TypeVar, overload
 from urllib.parse import urlsplit
 
 from resender.errors import ResenderError
 
 N = TypeVar("N", int, float)
+T = TypeVar("T")
 
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 
@@ -80,100 +81,189 @@ def _problem(message: str) -> None:
 
 
 @dataclass(frozen=True, slots=True)
+class Source:
+    """Where a setting comes from: its environment variable (a contract name) and how that is read."""
+
+    variable: str
+    load: Callable[[Mapping[str, str]], Any]
+
+
+_SOURCE: Final = "source"
+
+
+def source(setting_field: Field[Any]) -> Source | None:
+    """The environment variable a Settings field is read from, or None for a field that is not read."""
+    found: Source | None = setting_field.metadata.get(_SOURCE)
+    return found
+
+
+def required(variable: str, read: Callable[[Mapping[str, str], str], str] | None = None) -> dict[str, Source]:
+    """The metadata of a setting without a default.
+
+    Declared as ``field(metadata=required(...))``: a call to ``field`` itself without a default is what tells
+    mypy, as well as the dataclass, that the argument must be given.
+    """
+    reader = _required if read is None else read
+    return {_SOURCE: Source(variable, lambda env: reader(env, variable))}
+
+
+@overload
+def setting(variable: str, default: N, *, minimum: N | None = None) -> N: ...
+@overload
+def setting(variable: str, default: T, read: Callable[[Mapping[str, str], str, T], T]) -> T: ...
+def setting(
+    variable: str,
+    default: Any,
+    read: Callable[[Mapping[str, str], str, Any], Any] | None = None,
+    *,
+    minimum: float | None = None,
+) -> Any:
+    """A field with its default, read from ``variable``.
+
+    A number (of the default's type, at least ``minimum``) unless ``read`` names another reader, which is
+    given the environment, the variable and the default.
+    """
+
+    def load(env: Mapping[str, str]) -> Any:
+        if read is None:
+            return _number(env, variable, default, minimum)
+        return read(env, variable, default)
+
+    return field(default=default, metadata={_SOURCE: Source(variable, load)})
+
+
+def _required(env: Mapping[str, str], name: str) -> str:
+    value = env.get(name, "").strip()
+    if not value:
+        _problem(f"{name} is not set")
+        return f"<{name} unset>"
+    return value
+
+
+def _base_url(env: Mapping[str, str], name: str) -> str:
+    raw = _required(env, name)
+    if raw.startswith("<"):  # unset, and already reported
+        return raw
+    try:
+        return validate_base_url(raw)
+    except ConfigurationError as error:
+        _problem(str(error))
+        return raw
+
+
+def _number(env: Mapping[str, str], name: str, default: N, minimum: float | None = None) -> N:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = type(default)(raw)
+    except ValueError:
+        _problem(f"{name} must be a number, got {raw[:32]!r}")
+        return default
+    if isinstance(value, float) and not math.isfinite(value):
+        _problem(f"{name} must be a finite number, got {raw[:32]!r}")
+        return default
+    if minimum is not None and value < minimum:
+        _problem(f"{name} must be at least {minimum}")
+        return default
+    return value
+
+
+def _rate(env: Mapping[str, str], name: str, default: float | None) -> float | None:
+    """A rate of at least 1, or ``default`` when the setting is empty (no fixed ceiling)."""
+    if not env.get(name, "").strip():
+        return default
+    return _number(env, name, 1.0, minimum=1.0)
+
+
+def _list(env: Mapping[str, str], name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    """A comma-separated list; unset means ``default``, set to the empty string means no entries."""
+    raw = env.get(name)
+    if raw is None:
+        return default
+    return tuple(entry.strip() for entry in raw.split(",") if entry.strip())
+
+
+def _path(env: Mapping[str, str], name: str, default: str) -> str:
+    """A JMESPath expression; empty means ``default``, which is also the stand-in for an invalid one."""
+    text = env.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        return compile_jmespath(name, text)
+    except ConfigurationError as error:
+        _problem(str(error))
+        return default
+
+
+def _text(env: Mapping[str, str], name: str, default: str | None) -> str | None:
+    """A name or URL; blank means ``default``, as it does for every other setting."""
+    return env.get(name, "").strip() or default
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
-    outcomes_table: str
-    capillary_secret_id: str
-    capillary_base_url: str
-    capillary_timeout_seconds: float = 10.0
-    dead_letter_queue_url: str | None = None
-    max_resend_depth: int = 2
-    message_id_path: str = "messageId"
-    idempotency_ttl_seconds: int = 7 * 24 * 3600
-    secret_max_age_seconds: int = 300
-    resend_concurrency: int = 10
-    claim_margin_seconds: int = 60
-    default_claim_lease_seconds: int = 900
-    circuit_breaker_threshold: int = 3
-    retry_base_seconds: int = 30
-    retry_cap_seconds: int = 900
-    max_body_bytes: int = 256 * 1024
-    max_text_chars: int = 512
+    outcomes_table: str = field(metadata=required("OUTCOMES_TABLE"))
+    capillary_secret_id: str = field(metadata=required("CAPILLARY_SECRET_ID"))
+    capillary_base_url: str = field(metadata=required("CAPILLARY_BASE_URL", _base_url))
+    capillary_timeout_seconds: float = setting("CAPILLARY_TIMEOUT_SECONDS", 10.0)
+    dead_letter_queue_url: str | None = setting("DEAD_LETTER_QUEUE_URL", None, _text)
+    max_resend_depth: int = setting("MAX_RESEND_DEPTH", 2, minimum=0)
+    message_id_path: str = setting("MESSAGE_ID_PATH", "messageId", _path)
+    idempotency_ttl_seconds: int = setting("IDEMPOTENCY_TTL_SECONDS", 7 * 24 * 3600, minimum=1)
+    secret_max_age_seconds: int = setting("SECRET_MAX_AGE_SECONDS", 5 * 60, minimum=0)
+    resend_concurrency: int = setting("RESEND_CONCURRENCY", 10, minimum=1)
+    claim_margin_seconds: int = setting("CLAIM_MARGIN_SECONDS", 60, minimum=0)
+    default_claim_lease_seconds: int = setting("CLAIM_LEASE_SECONDS", 15 * 60, minimum=1)
+    circuit_breaker_threshold: int = setting("CIRCUIT_BREAKER_THRESHOLD", 3, minimum=1)
+    retry_base_seconds: int = setting("RETRY_BASE_SECONDS", 30, minimum=0)
+    retry_cap_seconds: int = setting("RETRY_CAP_SECONDS", 15 * 60, minimum=0)
+    max_body_bytes: int = setting("MAX_BODY_BYTES", 256 * 1024, minimum=1)
+    max_text_chars: int = setting("MAX_TEXT_CHARS", 512, minimum=64)
     # Resend policy (see resender.policy); each default is the contract's.
-    reason_path: str = "reason"
-    skip_reasons: tuple[str, ...] = DEFAULT_SKIP_REASONS
-    channel_path: str = "channel"
-    resend_channels: tuple[str, ...] = ()
-    failed_at_path: str = "failedAt"
-    resend_max_age_seconds: int = 86_400
-    skip_when: str = ""
+    reason_path: str = setting("REASON_PATH", "reason", _path)
+    skip_reasons: tuple[str, ...] = setting("SKIP_REASONS", DEFAULT_SKIP_REASONS, _list)
+    channel_path: str = setting("CHANNEL_PATH", "channel", _path)
+    resend_channels: tuple[str, ...] = setting("RESEND_CHANNELS", (), _list)
+    failed_at_path: str = setting("FAILED_AT_PATH", "failedAt", _path)
+    resend_max_age_seconds: int = setting("RESEND_MAX_AGE_SECONDS", 24 * 3600, minimum=0)
+    skip_when: str = setting("SKIP_WHEN", "", _path)
     # Several orgs: where the org id sits in the payload; empty means one org per deployment.
-    org_id_path: str = ""
+    org_id_path: str = setting("ORG_ID_PATH", "", _path)
     # Pacing (see docs/pacing.md): off unless PACING_TABLE names the table of the shared limiter.
-    pacing_table: str | None = None
-    resend_rate_per_minute: float | None = None
-    resend_burst: int = 1
-    rate_window_seconds: float = 60.0
-    pacing_max_wait_seconds: float = 10.0
-    adaptive_start_per_minute: float = 60.0
-    adaptive_min_per_minute: float = 6.0
-    adaptive_period_seconds: float = 30.0
-    shared_breaker_threshold: int = 5
-    shared_breaker_open_seconds: float = 30.0
-    deferral_max_age_seconds: int = 24 * 3600
+    pacing_table: str | None = setting("PACING_TABLE", None, _text)
+    resend_rate_per_minute: float | None = setting("RESEND_RATE_PER_MINUTE", None, _rate)
+    resend_burst: int = setting("RESEND_BURST", 1, minimum=1)
+    rate_window_seconds: float = setting("RATE_WINDOW_SECONDS", 60.0, minimum=0.1)
+    pacing_max_wait_seconds: float = setting("PACING_MAX_WAIT_SECONDS", 10.0, minimum=0.0)
+    deferral_max_age_seconds: int = setting("DEFERRAL_MAX_AGE_SECONDS", 24 * 3600, minimum=60)
+    adaptive_start_per_minute: float = setting("ADAPTIVE_START_PER_MINUTE", 60.0, minimum=1.0)
+    adaptive_min_per_minute: float = setting("ADAPTIVE_MIN_PER_MINUTE", 6.0, minimum=0.1)
+    adaptive_period_seconds: float = setting("ADAPTIVE_PERIOD_SECONDS", 30.0, minimum=0.1)
+    shared_breaker_threshold: int = setting("SHARED_BREAKER_THRESHOLD", 5, minimum=1)
+    shared_breaker_open_seconds: float = setting("SHARED_BREAKER_OPEN_SECONDS", 30.0, minimum=0.1)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
         with _all_problems_at_once():
-            return cls._from_env(os.environ if environ is None else environ)
+            loaded = {
+                each.name: found.load(env) for each in fields(cls) if (found := source(each)) is not None
+            }
+            settings = cls(**loaded)
+            _check_together(settings)
+            return settings
 
-    @classmethod
-    def _from_env(cls, env: Mapping[str, str]) -> Settings:
-        settings = cls(
-            outcomes_table=_required(env, "OUTCOMES_TABLE"),
-            capillary_secret_id=_required(env, "CAPILLARY_SECRET_ID"),
-            capillary_base_url=_base_url(env),
-            capillary_timeout_seconds=_number(env, "CAPILLARY_TIMEOUT_SECONDS", 10.0, float),
-            dead_letter_queue_url=env.get("DEAD_LETTER_QUEUE_URL") or None,
-            max_resend_depth=_number(env, "MAX_RESEND_DEPTH", 2, int, minimum=0),
-            message_id_path=env.get("MESSAGE_ID_PATH") or "messageId",
-            idempotency_ttl_seconds=_number(env, "IDEMPOTENCY_TTL_SECONDS", 7 * 24 * 3600, int, minimum=1),
-            secret_max_age_seconds=_number(env, "SECRET_MAX_AGE_SECONDS", 300, int, minimum=0),
-            resend_concurrency=_number(env, "RESEND_CONCURRENCY", 10, int, minimum=1),
-            claim_margin_seconds=_number(env, "CLAIM_MARGIN_SECONDS", 60, int, minimum=0),
-            default_claim_lease_seconds=_number(env, "CLAIM_LEASE_SECONDS", 900, int, minimum=1),
-            circuit_breaker_threshold=_number(env, "CIRCUIT_BREAKER_THRESHOLD", 3, int, minimum=1),
-            retry_base_seconds=_number(env, "RETRY_BASE_SECONDS", 30, int, minimum=0),
-            retry_cap_seconds=_number(env, "RETRY_CAP_SECONDS", 900, int, minimum=0),
-            max_body_bytes=_number(env, "MAX_BODY_BYTES", 256 * 1024, int, minimum=1),
-            max_text_chars=_number(env, "MAX_TEXT_CHARS", 512, int, minimum=64),
-            reason_path=_path(env, "REASON_PATH", "reason"),
-            skip_reasons=_list(env, "SKIP_REASONS", DEFAULT_SKIP_REASONS),
-            channel_path=_path(env, "CHANNEL_PATH", "channel"),
-            resend_channels=_list(env, "RESEND_CHANNELS", ()),
-            failed_at_path=_path(env, "FAILED_AT_PATH", "failedAt"),
-            resend_max_age_seconds=_number(env, "RESEND_MAX_AGE_SECONDS", 86_400, int, minimum=0),
-            skip_when=_optional_path(env, "SKIP_WHEN"),
-            org_id_path=_optional_path(env, "ORG_ID_PATH"),
-            pacing_table=env.get("PACING_TABLE", "").strip() or None,
-            resend_rate_per_minute=_optional_rate(env, "RESEND_RATE_PER_MINUTE"),
-            resend_burst=_number(env, "RESEND_BURST", 1, int, minimum=1),
-            rate_window_seconds=_number(env, "RATE_WINDOW_SECONDS", 60.0, float, minimum=0.1),
-            pacing_max_wait_seconds=_number(env, "PACING_MAX_WAIT_SECONDS", 10.0, float, minimum=0.0),
-            adaptive_start_per_minute=_number(env, "ADAPTIVE_START_PER_MINUTE", 60.0, float, minimum=1.0),
-            adaptive_min_per_minute=_number(env, "ADAPTIVE_MIN_PER_MINUTE", 6.0, float, minimum=0.1),
-            adaptive_period_seconds=_number(env, "ADAPTIVE_PERIOD_SECONDS", 30.0, float, minimum=0.1),
-            shared_breaker_threshold=_number(env, "SHARED_BREAKER_THRESHOLD", 5, int, minimum=1),
-            shared_breaker_open_seconds=_number(env, "SHARED_BREAKER_OPEN_SECONDS", 30.0, float, minimum=0.1),
-            deferral_max_age_seconds=_number(env, "DEFERRAL_MAX_AGE_SECONDS", 24 * 3600, int, minimum=60),
-        )
-        if settings.capillary_timeout_seconds <= 0:
-            _problem("CAPILLARY_TIMEOUT_SECONDS must be greater than 0")
-        if settings.retry_cap_seconds > 43_200:
-            _problem("RETRY_CAP_SECONDS must be at most 43200 (the SQS visibility limit)")
-        rate = settings.resend_rate_per_minute
-        if rate is not None and rate < settings.resend_burst:
-            _problem("RESEND_BURST must not be larger than RESEND_RATE_PER_MINUTE")
-        return settings
+
+def _check_together(settings: Settings) -> None:
+    """The checks made once every value is read: across settings, and the bounds ``minimum`` cannot state."""
+    if settings.capillary_timeout_seconds <= 0:
+        _problem("CAPILLARY_TIMEOUT_SECONDS must be greater than 0")
+    if settings.retry_cap_seconds > 43_200:
+        _problem("RETRY_CAP_SECONDS must be at most 43200 (the SQS visibility limit)")
+    rate = settings.resend_rate_per_minute
+    if rate is not None and rate < settings.resend_burst:
+        _problem("RESEND_BURST must not be larger than RESEND_RATE_PER_MINUTE")
 
 
 def minimum_resend_seconds(settings: Settings) -> float:
@@ -243,75 +333,6 @@ def validate_base_url(url: str) -> str:
     raise ConfigurationError(
         "CAPILLARY_BASE_URL must use https (plain http is allowed only for loopback hosts)"
     )
-
-
-def _base_url(env: Mapping[str, str]) -> str:
-    raw = _required(env, "CAPILLARY_BASE_URL")
-    if raw.startswith("<"):  # unset, and already reported
-        return raw
-    try:
-        return validate_base_url(raw)
-    except ConfigurationError as error:
-        _problem(str(error))
-        return raw
-
-
-def _required(env: Mapping[str, str], name: str) -> str:
-    value = env.get(name, "").strip()
-    if not value:
-        _problem(f"{name} is not set")
-        return f"<{name} unset>"
-    return value
-
-
-def _optional_rate(env: Mapping[str, str], name: str) -> float | None:
-    """A rate of at least 1, or None when the setting is empty (no fixed ceiling)."""
-    if not env.get(name, "").strip():
-        return None
-    return _number(env, name, 1.0, float, minimum=1.0)
-
-
-def _number(env: Mapping[str, str], name: str, default: N, kind: type[N], minimum: N | None = None) -> N:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = kind(raw)
-    except ValueError:
-        _problem(f"{name} must be a number, got {raw[:32]!r}")
-        return default
-    if isinstance(value, float) and not math.isfinite(value):
-        _problem(f"{name} must be a finite number, got {raw[:32]!r}")
-        return default
-    if minimum is not None and value < minimum:
-        _problem(f"{name} must be at least {minimum}")
-        return default
-    return value
-
-
-def _list(env: Mapping[str, str], name: str, default: tuple[str, ...]) -> tuple[str, ...]:
-    """A comma-separated list; unset means ``default``, set to the empty string means no entries."""
-    raw = env.get(name)
-    if raw is None:
-        return default
-    return tuple(entry.strip() for entry in raw.split(",") if entry.strip())
-
-
-def _path(env: Mapping[str, str], name: str, default: str) -> str:
-    return _valid_path(name, env.get(name, "").strip() or default, default)
-
-
-def _optional_path(env: Mapping[str, str], name: str) -> str:
-    text = env.get(name, "").strip()
-    return _valid_path(name, text, "") if text else ""
-
-
-def _valid_path(name: str, expression: str, stand_in: str) -> str:
-    try:
-        return compile_jmespath(name, expression)
-    except ConfigurationError as error:
-        _problem(str(error))
-        return stand_in
 
 
 def compile_jmespath(name: str, expression: str) -> str:

@@ -7,6 +7,7 @@ their long JSON form (``{"Ref": ...}``, ``{"Fn::Sub": ...}``). Names the code re
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -23,13 +24,12 @@ import pytest
 from cfnlint.decode import cfn_yaml
 
 from resender.observability import METRICS_NAMESPACE, SDK_TRACING_ENV, SERVICE_NAME, MetricName
-from resender.settings import Settings, minimum_resend_seconds
+from resender.settings import Settings, minimum_resend_seconds, source
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE_PATH = ROOT / "template.yaml"
 SAMCONFIG_PATH = ROOT / "samconfig.toml"
 EVENTS_DIR = ROOT / "events"
-SETTINGS_PATH = ROOT / "src" / "resender" / "settings.py"
 
 CONTRACT_REQUIRED_ENV = {
     "OUTCOMES_TABLE",
@@ -193,18 +193,16 @@ def _own_metric(strings: list[str]) -> tuple[str, dict[str, str]] | None:
 
 
 def _settings_env_names() -> tuple[set[str], set[str]]:
-    """(every name settings.py reads, the names it requires), parsed from the source."""
-    source = SETTINGS_PATH.read_text(encoding="utf-8")
-    name = r'"([A-Z][A-Z0-9_]+)"'
-    read = set(
-        re.findall(
-            r"(?:_required|_number|_optional_rate|_path|_optional_path|_list)\(\s*\w+\s*,\s*" + name, source
-        )
-    )
-    read |= set(re.findall(r"(?:\benv|environ|os\.environ)\.get\(\s*" + name, source))
-    read |= set(re.findall(r"(?:\benv|environ|os\.environ)\[\s*" + name, source))
-    read |= set(re.findall(r"getenv\(\s*" + name, source))
-    required = set(re.findall(r"_required\(\s*\w+\s*,\s*" + name, source))
+    """(every name Settings reads, the names it requires), from the declarations of its fields."""
+    read: set[str] = set()
+    required: set[str] = set()
+    for each in dataclasses.fields(Settings):
+        found = source(each)
+        if found is None:
+            continue
+        read.add(found.variable)
+        if each.default is dataclasses.MISSING and each.default_factory is dataclasses.MISSING:
+            required.add(found.variable)
     return read, required
 
 

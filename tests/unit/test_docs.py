@@ -238,13 +238,3 @@ def test_every_documented_make_target_is_in_the_makefile(document: Path) -> None
 
     assert {"test", "demo", "build"} <= targets
     assert unknown == []
-
-
-def test_the_readme_configuration_table_names_every_setting_the_function_reads() -> None:
-    source = (ROOT / "src" / "resender" / "settings.py").read_text(encoding="utf-8")
-    read = set(re.findall(r"env(?:\.get\(|, |\[)\"([A-Z][A-Z0-9_]*)\"", source))
-    first_cells = re.findall(r"^\|([^|]*)\|", README.read_text(encoding="utf-8"), re.MULTILINE)
-    table = {name for cell in first_cells for name in re.findall(r"`([A-Z][A-Z0-9_]*)`", cell)}
-
-    assert {"OUTCOMES_TABLE", "CAPILLARY_SECRET_ID", "RESEND_RATE_PER_MINUTE"} <= read
-    assert read - table == set()
