@@ -4,6 +4,11 @@
 the project's modules ship is not a list to keep up to date: it is whatever ``resender.app`` imports, found by
 following its imports (including those inside functions), so the operator tool, the local stack and the
 emulator never ship, and a new runtime module never goes missing.
+
+The artefact carries its bytecode, compiled by an interpreter of the runtime's version: Lambda's ``/var/task``
+is read-only, so without it every cold start compiles every imported module from source again (and a
+``.pyc`` of another Python version is ignored). The bytecode is hash-based and unchecked, so the build is
+reproducible and the runtime never compares it against the sources' timestamps, which zipping changes.
 """
 
 from __future__ import annotations
@@ -15,6 +20,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+
+class BuildError(Exception):
+    """The artefact cannot be built as asked; the message says what to install or pass."""
+
+
 HERE = Path(__file__).resolve().parent
 HANDLER_MODULE = "resender.app"
 
@@ -23,20 +33,36 @@ def runtime_modules(source: Path = HERE) -> list[Path]:
     """The project's files the handler needs, relative to ``source``."""
     finder = modulefinder.ModuleFinder(path=[str(source), *sys.path])
     finder.run_script(str(source / "resender" / "app.py"))
-    files = {Path(module.__file__) for name, module in finder.modules.items() if module.__file__} | {
-        source / "resender" / "app.py"
-    }
+    # modulefinder's Module records the file as __file__, which typeshed does not declare.
+    found = (getattr(module, "__file__", None) for module in finder.modules.values())
+    files = {Path(file) for file in found if file} | {source / "resender" / "app.py"}
     ours = sorted(path.relative_to(source) for path in files if path.is_relative_to(source / "resender"))
     # A package's __init__ and its py.typed marker come with any module of it.
     packages = {parent / "__init__.py" for path in ours for parent in path.parents if parent.name}
     return sorted(set(ours) | {path for path in packages if (source / path).exists()})
 
 
-def build(artifacts: Path, *, platform: str, python_version: str, source: Path = HERE) -> None:
+def runtime_interpreter(python_version: str) -> str:
+    """An interpreter of the runtime's version for the bytecode: this one, or pythonX.Y on PATH."""
+    if f"{sys.version_info.major}.{sys.version_info.minor}" == python_version:
+        return sys.executable
+    found = shutil.which(f"python{python_version}")
+    if found is None:
+        raise BuildError(
+            f"no python{python_version} on PATH to compile the artefact's bytecode with "
+            f"(make build finds one; or put the runtime's Python on PATH)"
+        )
+    return found
+
+
+def build(
+    artifacts: Path, *, platform: str, python_version: str, source: Path = HERE, bytecode: bool = True
+) -> None:
+    interpreter = runtime_interpreter(python_version) if bytecode else None
     artifacts.mkdir(parents=True, exist_ok=True)
     subprocess.run(
         [
-            sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+            sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-compile",
             "--require-hashes", "--no-deps", "--only-binary=:all:", "--implementation", "cp",
             "--platform", platform, "--python-version", python_version,
             "--target", str(artifacts), "-r", str(source / "requirements.txt"),
@@ -48,6 +74,20 @@ def build(artifacts: Path, *, platform: str, python_version: str, source: Path =
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(source / relative, target)
     shutil.copy2(source / "resender" / "py.typed", artifacts / "resender" / "py.typed")
+    if interpreter is not None:
+        compile_bytecode(artifacts, interpreter)
+
+
+def compile_bytecode(artifacts: Path, interpreter: str) -> None:
+    for stale in artifacts.rglob("__pycache__"):
+        shutil.rmtree(stale)  # left by a build of another Python version into the same directory
+    subprocess.run(
+        [
+            interpreter, "-m", "compileall", "-q", "-j", "0", "--invalidation-mode", "unchecked-hash",
+            str(artifacts),
+        ],
+        check=True,
+    )  # fmt: skip
 
 
 def main() -> None:
@@ -56,7 +96,10 @@ def main() -> None:
     parser.add_argument("--platform", default="manylinux2014_aarch64", help="wheel platform (arm64 Lambda)")
     parser.add_argument("--python-version", default="3.13", help="the function's runtime")
     args = parser.parse_args()
-    build(args.artifacts, platform=args.platform, python_version=args.python_version)
+    try:
+        build(args.artifacts, platform=args.platform, python_version=args.python_version)
+    except BuildError as error:
+        raise SystemExit(f"build_artifact: {error}") from None
 
 
 if __name__ == "__main__":

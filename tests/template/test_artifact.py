@@ -80,6 +80,48 @@ def test_the_handler_imports_from_the_artefact_alone(artefact: Path) -> None:
     assert modules["resender.app"].startswith(str(artefact))
 
 
+def test_every_module_ships_with_unchecked_bytecode_of_the_runtime_python(artefact: Path) -> None:
+    import importlib.util
+
+    tag = sys.implementation.cache_tag  # the fixture builds for this interpreter's version
+    sources = [path for path in artefact.rglob("*.py") if "__pycache__" not in path.parts]
+    compiled = set(artefact.rglob("*.pyc"))
+
+    expected = {Path(importlib.util.cache_from_source(str(path))) for path in sources}
+    assert len(sources) > 100
+    assert compiled == expected  # one .pyc per source, all of this version: none of another
+    for pyc in sorted(compiled)[:: max(1, len(compiled) // 50)]:
+        flags = int.from_bytes(pyc.read_bytes()[4:8], "little")
+        assert flags == 0b01, pyc  # hash-based, not checked against the source (PEP 552)
+    assert all(tag in pyc.name for pyc in compiled)
+
+
+def test_the_handler_imports_without_compiling_anything(artefact: Path) -> None:
+    """Lambda's /var/task is read-only: a module without usable bytecode is compiled again at every cold start."""
+    probe = (
+        "import importlib.machinery as m, json, sys; sys.path[:0] = [sys.argv[1]]; compiled = []; "
+        "original = m.SourceFileLoader.source_to_code; "
+        "m.SourceFileLoader.source_to_code = "
+        "lambda self, data, path, **kw: compiled.append(path) or original(self, data, path, **kw); "
+        "import resender.app; print(json.dumps(compiled))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-I", "-S", "-B", "-c", probe, str(artefact)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+
+    assert json.loads(done.stdout) == []
+
+
+def test_a_build_for_another_python_needs_that_python_on_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", "/nonexistent")
+
+    with pytest.raises(build_artifact.BuildError, match=r"no python3\.99 on PATH"):
+        build_artifact.runtime_interpreter("3.99")
+
+
 def test_the_function_is_built_by_the_makefile_target_sam_calls() -> None:
     template = cfn_yaml.load(str(ROOT / "template.yaml"))
     functions = {
