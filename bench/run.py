@@ -3,6 +3,7 @@
     python -m bench.run [--latency-ms 100] [--runs 7] [--soak 10000] [--soak-latency-ms 0] [--json PATH]
     python -m bench.run --storm [--storm-messages 200] [--storm-pollers 5] [--storm-outage 15]
     python -m bench.run --power-tuning [options of bench.power_tuning]
+    python -m bench.run --artefact [options of bench.artefact_import]
 
 Everything talks real HTTP to a moto server and to the Capillary stub, both served by a child process
 (``bench.servers``) so that the CPU time measured here is the function's alone. Figures are printed, and each
@@ -652,6 +653,10 @@ def main(argv: list[str] | None = None) -> int:
         from bench import power_tuning
 
         return power_tuning.main([word for word in arguments if word != "--power-tuning"])
+    if "--artefact" in arguments:
+        from bench import artefact_import
+
+        return artefact_import.main([word for word in arguments if word != "--artefact"])
     args = parse_arguments(arguments)
     started = time.perf_counter()
     host = machine()

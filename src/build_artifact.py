@@ -43,22 +43,33 @@ def runtime_modules(source: Path = HERE) -> list[Path]:
 
 
 def runtime_interpreter(python_version: str) -> str:
-    """An interpreter of the runtime's version for the bytecode: this one, or pythonX.Y on PATH."""
+    """An interpreter of the runtime's version for the bytecode: this one, or a working pythonX.Y on PATH."""
     if f"{sys.version_info.major}.{sys.version_info.minor}" == python_version:
         return sys.executable
     found = shutil.which(f"python{python_version}")
-    if found is None:
-        raise BuildError(
-            f"no python{python_version} on PATH to compile the artefact's bytecode with "
-            f"(make build finds one; or put the runtime's Python on PATH)"
-        )
-    return found
+    # A version manager's shim is on PATH even when it has no such version to run.
+    probe = "import sys; print('%d.%d' % sys.version_info[:2])"
+    if found is not None:
+        answer = subprocess.run([found, "-c", probe], capture_output=True, text=True, check=False)
+        if answer.returncode == 0 and answer.stdout.strip() == python_version:
+            return found
+    raise BuildError(
+        f"no working python{python_version} on PATH to compile the artefact's bytecode with "
+        "(make build puts the runtime's Python there; or pass --bytecode-python)"
+    )
 
 
 def build(
-    artifacts: Path, *, platform: str, python_version: str, source: Path = HERE, bytecode: bool = True
+    artifacts: Path,
+    *,
+    platform: str,
+    python_version: str,
+    source: Path = HERE,
+    bytecode: bool = True,
+    bytecode_python: str | None = None,
 ) -> None:
-    interpreter = runtime_interpreter(python_version) if bytecode else None
+    """``bytecode_python``, of the runtime's version, compiles the bytecode (default: found on PATH)."""
+    interpreter = (bytecode_python or runtime_interpreter(python_version)) if bytecode else None
     artifacts.mkdir(parents=True, exist_ok=True)
     subprocess.run(
         [
@@ -95,9 +106,15 @@ def main() -> None:
     parser.add_argument("artifacts", type=Path, help="where sam build wants the artefact (ARTIFACTS_DIR)")
     parser.add_argument("--platform", default="manylinux2014_aarch64", help="wheel platform (arm64 Lambda)")
     parser.add_argument("--python-version", default="3.13", help="the function's runtime")
+    parser.add_argument("--bytecode-python", help="an interpreter of that version (default: found on PATH)")
     args = parser.parse_args()
     try:
-        build(args.artifacts, platform=args.platform, python_version=args.python_version)
+        build(
+            args.artifacts,
+            platform=args.platform,
+            python_version=args.python_version,
+            bytecode_python=args.bytecode_python,
+        )
     except BuildError as error:
         raise SystemExit(f"build_artifact: {error}") from None
 

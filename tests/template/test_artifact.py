@@ -118,7 +118,19 @@ def test_the_handler_imports_without_compiling_anything(artefact: Path) -> None:
 def test_a_build_for_another_python_needs_that_python_on_path(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", "/nonexistent")
 
-    with pytest.raises(build_artifact.BuildError, match=r"no python3\.99 on PATH"):
+    with pytest.raises(build_artifact.BuildError, match=r"no working python3\.99 on PATH"):
+        build_artifact.runtime_interpreter("3.99")
+
+
+def test_a_python_on_path_that_does_not_run_that_version_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shim = tmp_path / "python3.99"  # what a version manager's shim does without that version installed
+    shim.write_text("#!/bin/sh\necho 'python3.99: command not found' >&2\nexit 127\n", encoding="utf-8")
+    shim.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+
+    with pytest.raises(build_artifact.BuildError, match=r"no working python3\.99 on PATH"):
         build_artifact.runtime_interpreter("3.99")
 
 
