@@ -323,19 +323,26 @@ def test_an_idle_org_does_not_raise_its_rate(dynamodb: DynamoDBClient, clock: Fa
     assert limiter.state(ORG)["rate"] == 10
 
 
+def rates_over_busy_periods(
+    limiter: SharedPacer, clock: FakeClock, *, periods: int, seconds: float
+) -> list[float]:
+    """The rate at the end of each period: ``seconds`` later, two grants keep the period busy."""
+    seen: list[float] = []
+    for _ in range(periods):
+        clock.advance(seconds)
+        granted(limiter.acquire(ORG, 60))
+        granted(limiter.acquire(ORG, 60))
+        seen.append(limiter.state(ORG)["rate"])
+    return seen
+
+
 def test_without_a_known_limit_the_rate_doubles_per_busy_period(
     dynamodb: DynamoDBClient, clock: FakeClock
 ) -> None:
     limiter = pacer(dynamodb, clock, start_rate=10.0, period_seconds=5.0)
     granted(limiter.acquire(ORG, 60))
-    seen = []
-    for _ in range(3):
-        clock.advance(5)
-        granted(limiter.acquire(ORG, 60))
-        granted(limiter.acquire(ORG, 60))
-        seen.append(limiter.state(ORG)["rate"])
 
-    assert seen == [20, 40, 80]
+    assert rates_over_busy_periods(limiter, clock, periods=3, seconds=5) == [20, 40, 80]
 
 
 def test_the_rate_climbs_back_to_the_configured_one_and_never_past_it(
@@ -343,12 +350,8 @@ def test_the_rate_climbs_back_to_the_configured_one_and_never_past_it(
 ) -> None:
     limiter = pacer(dynamodb, clock, rate=50.0, period_seconds=5.0)
     limiter.observe(granted(limiter.acquire(ORG, 60)), THROTTLED_NO_HINT)  # 50 -> 25
-    seen = []
-    for _ in range(10):
-        clock.advance(6)
-        granted(limiter.acquire(ORG, 60))
-        granted(limiter.acquire(ORG, 60))
-        seen.append(limiter.state(ORG)["rate"])
+
+    seen = rates_over_busy_periods(limiter, clock, periods=10, seconds=6)
 
     assert seen == sorted(seen)
     assert max(seen) == 50
