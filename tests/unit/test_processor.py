@@ -181,16 +181,13 @@ def executor() -> Iterator[ThreadPoolExecutor]:
 
 
 @pytest.fixture
-def processor_time(monkeypatch: pytest.MonkeyPatch, clock: FakeClock) -> FakeClock:
-    """The processor's ``time`` module: the wall clock it reads, and its pauses kept instead of slept."""
+def sleeps(monkeypatch: pytest.MonkeyPatch, clock: FakeClock) -> list[float]:
+    """The pauses between outcome-write attempts, kept instead of slept (the test stays fast).
+
+    The test's ``clock`` takes the place of the processor's ``time`` module: the wall clock it reads too.
+    """
     monkeypatch.setattr("resender.processor.time", clock)
-    return clock
-
-
-@pytest.fixture
-def sleeps(processor_time: FakeClock) -> list[float]:
-    """The pauses between outcome-write attempts (the test stays fast)."""
-    return processor_time.sleeps
+    return clock.sleeps
 
 
 class World:
@@ -518,12 +515,12 @@ def test_store_failing_to_claim_means_no_call_and_a_retry(world: World) -> None:
 )
 def test_claim_taken_by_someone_else_is_never_called(
     world: World,
-    processor_time: FakeClock,
+    clock: FakeClock,
     answer: Callable[[float], ClaimResult],
     status: Status | None,
     retry: bool,
 ) -> None:
-    world.store.answers[BASE_ID] = answer(processor_time.now)
+    world.store.answers[BASE_ID] = answer(clock.now)
     record = delivery(BASE_ID)
 
     [report] = world.process(record)
