@@ -5,11 +5,18 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 QUEUE_ARN = "arn:aws:sqs:us-east-1:123456789012:communication-failures"
 TOPIC_ARN = "arn:aws:sns:us-east-1:123456789012:communication-failures"
+#: The function's environment with only the settings that have no default.
+REQUIRED_ENV: Final[Mapping[str, str]] = {
+    "OUTCOMES_TABLE": "outcomes",
+    "CAPILLARY_SECRET_ID": "capillary/resender",
+    "CAPILLARY_BASE_URL": "https://eu.api.capillarytech.com",
+}
 
 
 def now_millis() -> int:

@@ -11,13 +11,16 @@ DEFAULT_NOW = 1_800_000_000.0
 class FakeClock:
     """Stands in for ``time.time`` and ``time.monotonic`` alike: the code under test takes a plain callable.
 
-    Calling it reads the time; ``advance`` and ``sleep`` move it. Reads and moves hold a lock, because the
-    credentials cache reads it from several threads at once.
+    Calling it reads the time; ``advance`` and ``sleep`` move it. Where the code under test reads the ``time``
+    module itself, the clock takes the module's place: ``time``, ``monotonic`` and ``sleep`` are its own, and
+    ``sleeps`` keeps each pause asked for. Reads and moves hold a lock, because the credentials cache and the
+    processor's workers read it from several threads at once.
     """
 
     def __init__(self, now: float = DEFAULT_NOW) -> None:
         self._lock = threading.Lock()
         self._now = now
+        self.sleeps: list[float] = []
 
     def __call__(self) -> float:
         with self._lock:
@@ -25,6 +28,12 @@ class FakeClock:
 
     @property
     def now(self) -> float:
+        return self()
+
+    def time(self) -> float:
+        return self()
+
+    def monotonic(self) -> float:
         return self()
 
     def advance(self, seconds: float) -> None:
@@ -38,4 +47,5 @@ class FakeClock:
         if seconds < 0:
             raise ValueError("sleep length must be non-negative")  # what time.sleep says
         with self._lock:
+            self.sleeps.append(seconds)
             self._now += seconds

@@ -241,6 +241,13 @@ def secrets(moto_secretsmanager: tuple[Any, Any]) -> Iterator[Secrets]:
     client.meta.events.unregister(event, unique_id="test-counter")
 
 
+@pytest.fixture
+def provider(secrets: Secrets) -> CredentialsProvider:
+    """A provider of the basic secret that has read nothing yet."""
+    secrets.create(BASIC)
+    return secrets.provider()
+
+
 def test_first_get_reads_the_secret(secrets: Secrets) -> None:
     secrets.create(BASIC)
 
@@ -256,18 +263,11 @@ def test_oauth_secret_through_the_provider(secrets: Secrets) -> None:
     assert secrets.provider().get().credentials == OAuthCredentials(CLIENT_KEY, CLIENT_SECRET)
 
 
-def test_creating_a_provider_reads_nothing(secrets: Secrets) -> None:
-    secrets.create(BASIC)
-
-    secrets.provider()
-
+def test_creating_a_provider_reads_nothing(secrets: Secrets, provider: CredentialsProvider) -> None:
     assert secrets.counter.calls == 0
 
 
-def test_cached_within_max_age(secrets: Secrets) -> None:
-    secrets.create(BASIC)
-    provider = secrets.provider()
-
+def test_cached_within_max_age(secrets: Secrets, provider: CredentialsProvider) -> None:
     first = provider.get()
     for _ in range(5):
         secrets.clock.advance((MAX_AGE - 1) / 5)
@@ -276,9 +276,7 @@ def test_cached_within_max_age(secrets: Secrets) -> None:
     assert secrets.counter.calls == 1
 
 
-def test_refreshed_after_max_age(secrets: Secrets) -> None:
-    secrets.create(BASIC)
-    provider = secrets.provider()
+def test_refreshed_after_max_age(secrets: Secrets, provider: CredentialsProvider) -> None:
     first = provider.get()
 
     secrets.clock.advance(MAX_AGE + 0.001)
@@ -292,9 +290,7 @@ def test_refreshed_after_max_age(secrets: Secrets) -> None:
     assert secrets.counter.calls == 2
 
 
-def test_refresh_after_max_age_picks_up_rotation(secrets: Secrets) -> None:
-    secrets.create(BASIC)
-    provider = secrets.provider()
+def test_refresh_after_max_age_picks_up_rotation(secrets: Secrets, provider: CredentialsProvider) -> None:
     provider.get()
 
     secrets.put({**BASIC, "password": "rotated-password"})
@@ -314,9 +310,7 @@ def test_zero_max_age_reads_every_time(secrets: Secrets) -> None:
     assert secrets.counter.calls == 3
 
 
-def test_invalidate_forces_exactly_one_reread(secrets: Secrets) -> None:
-    secrets.create(BASIC)
-    provider = secrets.provider()
+def test_invalidate_forces_exactly_one_reread(secrets: Secrets, provider: CredentialsProvider) -> None:
     first = provider.get()
 
     provider.invalidate(first.generation)
@@ -328,9 +322,9 @@ def test_invalidate_forces_exactly_one_reread(secrets: Secrets) -> None:
     assert third is second
 
 
-def test_stale_generation_does_not_invalidate_a_newer_one(secrets: Secrets) -> None:
-    secrets.create(BASIC)
-    provider = secrets.provider()
+def test_stale_generation_does_not_invalidate_a_newer_one(
+    secrets: Secrets, provider: CredentialsProvider
+) -> None:
     old = provider.get()
     provider.invalidate(old.generation)
     new = provider.get()
@@ -342,10 +336,7 @@ def test_stale_generation_does_not_invalidate_a_newer_one(secrets: Secrets) -> N
     assert secrets.counter.calls == 2
 
 
-def test_invalidate_on_a_cold_provider_is_harmless(secrets: Secrets) -> None:
-    secrets.create(BASIC)
-    provider = secrets.provider()
-
+def test_invalidate_on_a_cold_provider_is_harmless(secrets: Secrets, provider: CredentialsProvider) -> None:
     provider.invalidate(0)
     provider.invalidate(1)
 
@@ -443,9 +434,9 @@ def test_unreachable_secrets_manager_is_a_secret_error(secrets: Secrets) -> None
         secrets.client.meta.events.unregister(event, unique_id="test-unreachable")
 
 
-def test_malformed_rotation_keeps_failing_until_fixed(secrets: Secrets) -> None:
-    secrets.create(BASIC)
-    provider = secrets.provider()
+def test_malformed_rotation_keeps_failing_until_fixed(
+    secrets: Secrets, provider: CredentialsProvider
+) -> None:
     good = provider.get()
 
     secrets.put({"authType": "basic", "username": USERNAME})
@@ -515,9 +506,9 @@ class ObservedLock:
         assert arrived, f"only {self._waiters} of {count} threads waited for the cache's lock"
 
 
-def test_cold_provider_reads_once_for_many_threads(secrets: Secrets, monkeypatch: pytest.MonkeyPatch) -> None:
-    secrets.create(BASIC)
-    provider = secrets.provider()
+def test_cold_provider_reads_once_for_many_threads(
+    secrets: Secrets, provider: CredentialsProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
     lock = ObservedLock()
     monkeypatch.setattr(provider, "_lock", lock)
     crowd = Crowd(provider.get)
@@ -538,9 +529,9 @@ def test_cold_provider_reads_once_for_many_threads(secrets: Secrets, monkeypatch
     assert all(result is results[0] for result in results)
 
 
-def test_many_threads_invalidating_the_same_generation_cause_one_reread(secrets: Secrets) -> None:
-    secrets.create(BASIC)
-    provider = secrets.provider()
+def test_many_threads_invalidating_the_same_generation_cause_one_reread(
+    secrets: Secrets, provider: CredentialsProvider
+) -> None:
     first = provider.get()
     secrets.put({**BASIC, "password": "rotated-password"})
 

@@ -26,24 +26,17 @@ from resender.observability import MetricName
 from resender.processor import DEADLINE_SAFETY_SECONDS, VISIBILITY_MARGIN_SECONDS, Resender
 from resender.settings import StartupCheck
 from tests.builders import QUEUE_ARN, failure, sqs_record
+from tests.clock import FakeClock
 from tests.unit.test_processor import FakeQueues, FakeStore, delivery, make_settings
 
 BASE_ID = 1746061653596
 BATCH = 10_000  # the most an SQS event source hands one invocation (with a batching window)
 
 
-class SimulatedTime:
-    def __init__(self, now: float = 1_000.0) -> None:
-        self._now = now
-        self._lock = threading.Lock()
-
-    def __call__(self) -> float:
-        with self._lock:
-            return self._now
-
-    def advance(self, seconds: float) -> None:
-        with self._lock:
-            self._now += max(seconds, 0.0)
+def monotonic_clock() -> FakeClock:
+    """A monotonic reading counts from boot, not the epoch: small, so sums of 50 ms steps stay exact to far
+    below the millisecond the Lambda context rounds to."""
+    return FakeClock(now=1_000.0)
 
 
 class TimedCapillary:
@@ -51,7 +44,7 @@ class TimedCapillary:
 
     def __init__(
         self,
-        clock: SimulatedTime,
+        clock: FakeClock,
         call_seconds: float,
         worst_case_seconds: float = 4.0,
         answer: ResendResult | None = None,
@@ -67,14 +60,15 @@ class TimedCapillary:
         with self._lock:
             self.calls.append((message_id, deadline))
         took = self.call_seconds if deadline is None else min(self.call_seconds, deadline - self.clock())
-        self.clock.advance(took)
+        # Another worker may have moved the shared clock past the deadline already: then it takes no time.
+        self.clock.advance(max(took, 0.0))
         return self.answer
 
 
 class TimedQueues(FakeQueues):
     """Each visibility change takes ``delay_seconds`` of simulated time."""
 
-    def __init__(self, clock: SimulatedTime, delay_seconds: float) -> None:
+    def __init__(self, clock: FakeClock, delay_seconds: float) -> None:
         super().__init__()
         self.clock = clock
         self.delay_seconds = delay_seconds
@@ -86,7 +80,7 @@ class TimedQueues(FakeQueues):
 
 @dataclass
 class SimulatedContext(LocalContext):
-    clock: SimulatedTime = field(default_factory=SimulatedTime)
+    clock: FakeClock = field(default_factory=monotonic_clock)
     ends_at: float = 0.0
 
     def get_remaining_time_in_millis(self) -> int:
@@ -121,7 +115,7 @@ def invoke(
     delay_seconds: float,
     answer: ResendResult | None = None,
 ) -> Run:
-    clock = SimulatedTime()
+    clock = monotonic_clock()
     capillary = TimedCapillary(clock, call_seconds, answer=answer)
     store, queues = FakeStore(), TimedQueues(clock, delay_seconds)
     # A 1 s read timeout: the start-up check admits a 20 s invocation (the default 10 s needs 122.6 s).
@@ -213,7 +207,7 @@ def test_visibility_changes_stop_when_time_runs_out(
 def test_a_record_is_claimed_only_if_the_whole_budget_of_its_call_fits(
     pool: ThreadPoolExecutor, time_left: float, claimed: bool
 ) -> None:
-    clock = SimulatedTime()
+    clock = monotonic_clock()
     capillary = TimedCapillary(clock, call_seconds=0.0, worst_case_seconds=20.0)
     store = FakeStore()
     resender = Resender(
@@ -243,7 +237,7 @@ def test_poison_that_cannot_be_set_aside_in_time_is_handed_back_untouched(pool: 
     resender = Resender(
         make_settings(),
         store=FakeStore(),
-        capillary=TimedCapillary(SimulatedTime(), 0.0),
+        capillary=TimedCapillary(monotonic_clock(), 0.0),
         queues=queues,
         executor=pool,
     )

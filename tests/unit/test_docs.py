@@ -8,6 +8,7 @@ into hyphens, and ``-1``, ``-2`` ... appended to repeated headings.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Final
 
@@ -63,19 +64,24 @@ def slug(heading: str) -> str:
     return re.sub(r"[^\w\- ]", "", text).replace(" ", "-")
 
 
-def anchors(text: str) -> set[str]:
-    """Every heading id of a document, repeated headings numbered as GitHub numbers them."""
-    seen: dict[str, int] = {}
-    found = set()
+def all_headings(text: str) -> Iterator[tuple[int, str]]:
+    """(level, text) of each heading, in order; a ``#`` line inside a code block is not one."""
     in_block = False
     for line in text.splitlines():
         if _FENCE.match(line):
             in_block = not in_block
             continue
         heading = _HEADING.match(line)
-        if in_block or heading is None:
-            continue
-        base = slug(heading.group(2))
+        if not in_block and heading is not None:
+            yield len(heading.group(1)), heading.group(2)
+
+
+def anchors(text: str) -> set[str]:
+    """Every heading id of a document, repeated headings numbered as GitHub numbers them."""
+    seen: dict[str, int] = {}
+    found = set()
+    for _, heading in all_headings(text):
+        base = slug(heading)
         count = seen.get(base, 0)
         seen[base] = count + 1
         found.add(base if count == 0 else f"{base}-{count}")
@@ -84,16 +90,7 @@ def anchors(text: str) -> set[str]:
 
 def headings(text: str, levels: range) -> list[str]:
     """The text of each heading whose level is in ``levels``, outside code blocks."""
-    found = []
-    in_block = False
-    for line in text.splitlines():
-        if _FENCE.match(line):
-            in_block = not in_block
-            continue
-        heading = _HEADING.match(line)
-        if not in_block and heading is not None and len(heading.group(1)) in levels:
-            found.append(heading.group(2))
-    return found
+    return [heading for level, heading in all_headings(text) if level in levels]
 
 
 def relative_links(text: str) -> list[tuple[int, str]]:

@@ -23,8 +23,6 @@ import math
 import os
 import random
 import threading
-import time
-import types
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -51,6 +49,7 @@ from resender.processor import Resender
 from resender.settings import Settings, StartupCheck
 from resender.store import Claim, ClaimResult, ClaimState, Outcome, StoreError
 from tests.builders import QUEUE_ARN, TOPIC_ARN, sqs_record
+from tests.clock import FakeClock
 
 FUZZ_EXAMPLES: Final = int(os.environ.get("FUZZ_EXAMPLES", "0") or 0)
 INT64_MAX: Final = 2**63 - 1
@@ -249,10 +248,10 @@ SETTINGS = Settings(
 
 @pytest.fixture(scope="module")
 def pool() -> Iterator[ThreadPoolExecutor]:
-    # The pauses between outcome-write attempts are skipped: thousands of examples cannot wait 0.3 s each.
-    no_sleep = types.SimpleNamespace(time=time.time, monotonic=time.monotonic, sleep=lambda _: None)
+    # The pauses between outcome-write attempts only move a fake clock: thousands of examples cannot wait
+    # 0.3 s each.
     with pytest.MonkeyPatch.context() as patch, ThreadPoolExecutor(max_workers=4) as executor:
-        patch.setattr("resender.processor.time", no_sleep)
+        patch.setattr("resender.processor.time", FakeClock())
         yield executor
     app.reset_container()
 

@@ -6,17 +6,14 @@ Two ``SharedPacer`` objects on one table stand for two containers: they share no
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-import boto3
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from moto import mock_aws
 
-from resender.local.aws import create_pacing_table, make_dynamodb_writes_atomic
+from resender.local.aws import create_pacing_table
 from resender.models import ResendResult, Verdict
 from resender.pacing import (
     DEFAULT_ORG,
@@ -39,17 +36,9 @@ ORG = DEFAULT_ORG
 
 
 @pytest.fixture
-def dynamodb() -> Iterator[DynamoDBClient]:
-    make_dynamodb_writes_atomic()
-    with mock_aws():
-        client = boto3.client("dynamodb", region_name="us-east-1")
-        create_pacing_table(client, TABLE)
-        yield client
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
+def dynamodb(moto_dynamodb: DynamoDBClient) -> DynamoDBClient:
+    create_pacing_table(moto_dynamodb, TABLE)
+    return moto_dynamodb
 
 
 def pacer(dynamodb: DynamoDBClient, clock: FakeClock, **config: Any) -> SharedPacer:
@@ -75,6 +64,13 @@ def granted(outcome: Permit | Refusal) -> Permit:
 def refused(outcome: Permit | Refusal) -> Refusal:
     assert isinstance(outcome, Refusal), outcome
     return outcome
+
+
+def full(limiter: SharedPacer) -> SharedPacer:
+    """At one a second, the three slots a wait of 2 s reaches are taken: such a wait is refused next."""
+    for _ in range(3):
+        granted(limiter.acquire(ORG, 2))
+    return limiter
 
 
 RESENT = ResendResult(Verdict.RESENT, resent_message_id=1, http_status=200)
@@ -120,9 +116,7 @@ def test_slots_are_spaced_by_the_interval_and_callers_sleep_until_theirs(
 def test_no_slot_within_the_wait_is_a_refusal_that_takes_nothing(
     dynamodb: DynamoDBClient, clock: FakeClock
 ) -> None:
-    limiter = pacer(dynamodb, clock, rate=60.0)
-    for _ in range(3):
-        granted(limiter.acquire(ORG, 2))
+    limiter = full(pacer(dynamodb, clock, rate=60.0))
     before = limiter.state(ORG)
 
     refusal = refused(limiter.acquire(ORG, 2))
@@ -135,9 +129,7 @@ def test_no_slot_within_the_wait_is_a_refusal_that_takes_nothing(
 def test_a_bucket_seen_full_a_moment_ago_refuses_without_a_request(
     dynamodb: DynamoDBClient, clock: FakeClock
 ) -> None:
-    limiter = pacer(dynamodb, clock, rate=60.0)
-    for _ in range(3):
-        granted(limiter.acquire(ORG, 2))
+    limiter = full(pacer(dynamodb, clock, rate=60.0))
     calls = counted(dynamodb)
 
     for _ in range(10):
@@ -331,19 +323,26 @@ def test_an_idle_org_does_not_raise_its_rate(dynamodb: DynamoDBClient, clock: Fa
     assert limiter.state(ORG)["rate"] == 10
 
 
+def rates_over_busy_periods(
+    limiter: SharedPacer, clock: FakeClock, *, periods: int, seconds: float
+) -> list[float]:
+    """The rate at the end of each period: ``seconds`` later, two grants keep the period busy."""
+    seen: list[float] = []
+    for _ in range(periods):
+        clock.advance(seconds)
+        granted(limiter.acquire(ORG, 60))
+        granted(limiter.acquire(ORG, 60))
+        seen.append(limiter.state(ORG)["rate"])
+    return seen
+
+
 def test_without_a_known_limit_the_rate_doubles_per_busy_period(
     dynamodb: DynamoDBClient, clock: FakeClock
 ) -> None:
     limiter = pacer(dynamodb, clock, start_rate=10.0, period_seconds=5.0)
     granted(limiter.acquire(ORG, 60))
-    seen = []
-    for _ in range(3):
-        clock.advance(5)
-        granted(limiter.acquire(ORG, 60))
-        granted(limiter.acquire(ORG, 60))
-        seen.append(limiter.state(ORG)["rate"])
 
-    assert seen == [20, 40, 80]
+    assert rates_over_busy_periods(limiter, clock, periods=3, seconds=5) == [20, 40, 80]
 
 
 def test_the_rate_climbs_back_to_the_configured_one_and_never_past_it(
@@ -351,12 +350,8 @@ def test_the_rate_climbs_back_to_the_configured_one_and_never_past_it(
 ) -> None:
     limiter = pacer(dynamodb, clock, rate=50.0, period_seconds=5.0)
     limiter.observe(granted(limiter.acquire(ORG, 60)), THROTTLED_NO_HINT)  # 50 -> 25
-    seen = []
-    for _ in range(10):
-        clock.advance(6)
-        granted(limiter.acquire(ORG, 60))
-        granted(limiter.acquire(ORG, 60))
-        seen.append(limiter.state(ORG)["rate"])
+
+    seen = rates_over_busy_periods(limiter, clock, periods=10, seconds=6)
 
     assert seen == sorted(seen)
     assert max(seen) == 50

@@ -7,13 +7,12 @@ where the order of calls matters); randomness comes from a seeded ``random.Rando
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import math
 import random
 import threading
-import time
-import types
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -29,23 +28,14 @@ from resender.processor import RECORD_ATTEMPTS, CircuitBreaker, RecordReport, Re
 from resender.queues import QueueError, Queues
 from resender.settings import Settings
 from resender.store import Claim, ClaimLostError, ClaimResult, ClaimState, Outcome, StoreError
-from tests.builders import QUEUE_ARN, TOPIC_ARN, failure
+from tests.builders import QUEUE_ARN, REQUIRED_ENV, TOPIC_ARN, failure
+from tests.clock import FakeClock
 
 BASE_ID = 1746061653596
-REQUIRED = {
-    "OUTCOMES_TABLE": "outcomes",
-    "CAPILLARY_SECRET_ID": "capillary/resender",
-    "CAPILLARY_BASE_URL": "https://eu.api.capillarytech.com",
-}
 
 
 def make_settings(**overrides: Any) -> Settings:
-    values: dict[str, Any] = {
-        "outcomes_table": "outcomes",
-        "capillary_secret_id": "capillary/resender",
-        "capillary_base_url": "https://eu.api.capillarytech.com",
-    }
-    return Settings(**{**values, **overrides})
+    return dataclasses.replace(Settings.from_env(REQUIRED_ENV), **overrides)
 
 
 def resent(message_id: int) -> ResendResult:
@@ -191,12 +181,13 @@ def executor() -> Iterator[ThreadPoolExecutor]:
 
 
 @pytest.fixture
-def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    """The pauses between outcome-write attempts, recorded instead of slept (the test stays fast)."""
-    pauses: list[float] = []
-    fake_time = types.SimpleNamespace(time=time.time, monotonic=time.monotonic, sleep=pauses.append)
-    monkeypatch.setattr("resender.processor.time", fake_time)
-    return pauses
+def sleeps(monkeypatch: pytest.MonkeyPatch, clock: FakeClock) -> list[float]:
+    """The pauses between outcome-write attempts, kept instead of slept (the test stays fast).
+
+    The test's ``clock`` takes the place of the processor's ``time`` module: the wall clock it reads too.
+    """
+    monkeypatch.setattr("resender.processor.time", clock)
+    return clock.sleeps
 
 
 class World:
@@ -271,13 +262,13 @@ def test_backoff_is_full_jitter_between_zero_and_its_ceiling(
 
 def test_backoff_base_and_cap_come_from_the_settings(executor: ThreadPoolExecutor) -> None:
     world = World(executor, TopOfRange())
-    world.settings = Settings.from_env({**REQUIRED, "RETRY_BASE_SECONDS": "5", "RETRY_CAP_SECONDS": "40"})
+    world.settings = Settings.from_env({**REQUIRED_ENV, "RETRY_BASE_SECONDS": "5", "RETRY_CAP_SECONDS": "40"})
 
     assert [world.resender.backoff_seconds(count) for count in range(1, 6)] == [5, 10, 20, 40, 40]
 
 
 def test_settings_defaults_for_retry_breaker_and_loop_guard() -> None:
-    settings = Settings.from_env(REQUIRED)
+    settings = Settings.from_env(REQUIRED_ENV)
 
     assert (settings.retry_base_seconds, settings.retry_cap_seconds) == (30, 900)
     assert settings.circuit_breaker_threshold == 3
@@ -516,16 +507,20 @@ def test_store_failing_to_claim_means_no_call_and_a_retry(world: World) -> None:
 @pytest.mark.parametrize(
     ("answer", "status", "retry"),
     [
-        (lambda: ClaimResult(ClaimState.SETTLED, status=Status.RESENT), Status.RESENT, False),
-        (lambda: ClaimResult(ClaimState.EXPIRED, status=Status.UNCERTAIN), Status.UNCERTAIN, False),
-        (lambda: ClaimResult(ClaimState.IN_FLIGHT, lease_expires_at=time.time() + 100), None, True),
+        (lambda now: ClaimResult(ClaimState.SETTLED, status=Status.RESENT), Status.RESENT, False),
+        (lambda now: ClaimResult(ClaimState.EXPIRED, status=Status.UNCERTAIN), Status.UNCERTAIN, False),
+        (lambda now: ClaimResult(ClaimState.IN_FLIGHT, lease_expires_at=now + 100), None, True),
     ],
     ids=["settled", "expired", "in-flight"],
 )
 def test_claim_taken_by_someone_else_is_never_called(
-    world: World, answer: Callable[[], ClaimResult], status: Status | None, retry: bool
+    world: World,
+    clock: FakeClock,
+    answer: Callable[[float], ClaimResult],
+    status: Status | None,
+    retry: bool,
 ) -> None:
-    world.store.answers[BASE_ID] = answer()
+    world.store.answers[BASE_ID] = answer(clock.now)
     record = delivery(BASE_ID)
 
     [report] = world.process(record)
@@ -533,8 +528,8 @@ def test_claim_taken_by_someone_else_is_never_called(
     assert world.capillary.calls == []
     assert (report.status, report.retry) == (status, retry)
     if retry:  # it comes back once the other holder's lease has run out, not before
-        # The lease end is read against the real wall clock, so only its lower bound is fixed.
-        assert world.queues.delay_of(record.receipt_handle) >= 100
+        # The lease's 100 s and a second past it: a first backoff (at most 30 s) stays below that floor.
+        assert world.queues.delay_of(record.receipt_handle) == 100 + 1
 
 
 # -- loop guard ------------------------------------------------------------------------------------------

@@ -6,8 +6,9 @@ fakes of ``test_processor``, the queues with the re-enqueueing of copies added.
 
 from __future__ import annotations
 
+import inspect
 import random
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any
@@ -20,9 +21,10 @@ from resender.observability import MetricName
 from resender.orgs import OrgRouter, Route
 from resender.pacing import HoldReason, Permit, Refusal
 from resender.processor import DEADLINE_SAFETY_SECONDS, RecordReport, Resender
-from resender.queues import QueueError
+from resender.queues import QueueError, Queues
 from resender.store import ClaimLostError, StoreError
 from tests.builders import TOPIC_ARN, failure
+from tests.clock import FakeClock
 from tests.unit.test_processor import (
     BASE_ID,
     FakeCapillary,
@@ -39,24 +41,24 @@ FIFO_ARN = "arn:aws:sqs:us-east-1:123456789012:communication-failures.fifo"
 
 
 class CopyingQueues(FakeQueues):
+    """Keeps each copy instead of sending it: the call bound to the real ``enqueue_copy``'s parameters, by name.
+
+    Binding holds every call to the real signature (one that does not fit raises), without restating it.
+    """
+
+    _enqueue_copy = inspect.signature(Queues.enqueue_copy)
+
     def __init__(self) -> None:
         super().__init__()
         self.copies: list[dict[str, Any]] = []
         self.copy_fails = False
 
-    def enqueue_copy(
-        self,
-        source_arn: str,
-        body: str,
-        delay_seconds: float,
-        attributes: dict[str, str],
-        kept_attributes: Iterable[tuple[str, str, str]] = (),
-    ) -> None:
+    def enqueue_copy(self, *args: Any, **kwargs: Any) -> None:
+        call = self._enqueue_copy.bind(self, *args, **kwargs)
+        call.apply_defaults()
         if self.copy_fails:
             raise QueueError("re-enqueueing a held-back record failed (AccessDenied)")
-        self.copies.append(
-            {"arn": source_arn, "body": body, "delay": delay_seconds, "attributes": dict(attributes)}
-        )
+        self.copies.append({name: value for name, value in call.arguments.items() if name != "self"})
 
 
 class ScriptedPacer:
@@ -145,8 +147,9 @@ def executor() -> Iterator[ThreadPoolExecutor]:
 
 
 @pytest.fixture(autouse=True)
-def no_sleep(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("resender.processor.time.sleep", lambda seconds: None)
+def processor_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The processor's ``time`` module reads the batch's wall clock, and its pauses only move it on."""
+    monkeypatch.setattr("resender.processor.time", FakeClock(NOW))
 
 
 @pytest.mark.parametrize("refusal", [limited(), breaker_open(), unavailable()], ids=lambda r: r.reason)
@@ -167,10 +170,10 @@ def test_a_refused_record_is_never_sent_and_goes_back_as_a_delayed_copy(
         FIRST_SEEN_ATTRIBUTE: str(int((NOW - 60) * 1000)),
     }
     # The comeback is spread at random by up to half the wait, so only its bounds are fixed.
-    assert refusal.retry_at - NOW <= copy["delay"] <= 1.5 * (refusal.retry_at - NOW)
+    assert refusal.retry_at - NOW <= copy["delay_seconds"] <= 1.5 * (refusal.retry_at - NOW)
     ((message_id, reason, deferrals, next_attempt_at),) = paced.store.deferred
     assert (message_id, deferrals) == (BASE_ID, 1)
-    assert next_attempt_at == pytest.approx(NOW + copy["delay"])
+    assert next_attempt_at == pytest.approx(NOW + copy["delay_seconds"])
     assert refusal.detail in reason
     assert report.status is Status.RETRYING
     assert MetricName.DEFERRED in metric_names(report)
@@ -319,7 +322,7 @@ def test_a_throttled_answer_holds_the_record_back_instead_of_failing_it(executor
     assert not report.retry
     assert MetricName.THROTTLED in metric_names(report)
     # The comeback is spread at random by up to half the wait, so only its bounds are fixed.
-    assert 12 <= paced.queues.copies[0]["delay"] <= 1.5 * 12
+    assert 12 <= paced.queues.copies[0]["delay_seconds"] <= 1.5 * 12
     assert paced.pacer.observed[0].http_status == 429
     assert paced.store.records == []  # the claim was given back, not settled RETRYING
 

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-import boto3
 import pytest
 from botocore.exceptions import ClientError
-from moto import mock_aws
 
-from resender.local.aws import create_outcomes_table, make_dynamodb_writes_atomic
+from resender.local.aws import create_outcomes_table
 from resender.models import Status
 from resender.store import Claim, ClaimLostError, ClaimState, Outcome, OutcomeStore, StoreError
 from tests.clock import FakeClock
@@ -24,17 +21,9 @@ TTL = 7 * 24 * 3600
 
 
 @pytest.fixture
-def dynamodb() -> Iterator[DynamoDBClient]:
-    make_dynamodb_writes_atomic()
-    with mock_aws():
-        client = boto3.client("dynamodb", region_name="us-east-1")
-        create_outcomes_table(client, TABLE)
-        yield client
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
+def dynamodb(moto_dynamodb: DynamoDBClient) -> DynamoDBClient:
+    create_outcomes_table(moto_dynamodb, TABLE)
+    return moto_dynamodb
 
 
 @pytest.fixture
