@@ -22,7 +22,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from resender import app
 from resender.events import DEFERRALS_ATTRIBUTE, FIRST_SEEN_ATTRIBUTE
-from resender.local.aws import LocalResources
+from resender.local.aws import LocalResources, lambda_record
 from resender.local.runner import LocalContext
 from resender.local.stub import CapillaryStub
 from resender.pacing import DEFAULT_ORG, PacingConfig, SharedPacer
@@ -47,27 +47,6 @@ def now_ms() -> int:
 def fresh_event(*message_ids: int) -> dict[str, Any]:
     """SQS records whose failures reached the queue just now (so no deferral is too old)."""
     return {"Records": [sqs_record(failure(m), sent_at_ms=now_ms()) for m in message_ids]}
-
-
-def as_lambda_record(message: MessageTypeDef, queue_arn: str) -> dict[str, Any]:
-    """A message received from SQS, shaped as the event source mapping hands it to the function."""
-    attributes = message.get("Attributes", {})
-    return {
-        "messageId": message["MessageId"],
-        "receiptHandle": message["ReceiptHandle"],
-        "body": message["Body"],
-        "attributes": {
-            "ApproximateReceiveCount": attributes.get("ApproximateReceiveCount", "1"),
-            "SentTimestamp": attributes.get("SentTimestamp", str(now_ms())),
-        },
-        "messageAttributes": {
-            name: {"stringValue": value["StringValue"], "dataType": value["DataType"]}
-            for name, value in message.get("MessageAttributes", {}).items()
-        },
-        "eventSource": "aws:sqs",
-        "eventSourceARN": queue_arn,
-        "awsRegion": "us-east-1",
-    }
 
 
 @pytest.fixture
@@ -206,7 +185,7 @@ def test_a_held_back_record_and_its_late_original_resend_once(
 
     late_original = dict(event["Records"][1])
     late_original["attributes"] = {**late_original["attributes"], "ApproximateReceiveCount": "2"}
-    copy_record = as_lambda_record(copy, local_aws.queue_arn)
+    copy_record = lambda_record(copy, local_aws.queue_arn)
     order = [copy_record, late_original] if first == "copy" else [late_original, copy_record]
     for record in order:
         assert handle({"Records": [record]}) == {"batchItemFailures": []}
