@@ -17,6 +17,7 @@ from resender.local.aws import LocalResources, MotoServer, provision
 from resender.local.runner import DEMO_SECRET, DOCUMENTED_NOT_FOUND_ID, LocalContext
 from resender.local.stub import CapillaryStub
 from resender.observability import logger as resender_logger
+from tests.fixture_types import DrainDeadLetters, ReadOutcome, SetSecret
 
 if TYPE_CHECKING:
     from aws_lambda_powertools.utilities.typing import LambdaContext
@@ -100,7 +101,7 @@ def invoke(function_env: dict[str, str]) -> Invoke:
 
 
 @pytest.fixture
-def outcome(local_aws: LocalResources) -> Callable[[int], dict[str, Any] | None]:
+def outcome(local_aws: LocalResources) -> ReadOutcome:
     """The outcome item stored for a messageId, as plain values."""
     client = boto3.client("dynamodb", endpoint_url=local_aws.endpoint_url)
 
@@ -113,17 +114,18 @@ def outcome(local_aws: LocalResources) -> Callable[[int], dict[str, Any] | None]
 
 
 @pytest.fixture
-def set_secret(local_aws: LocalResources) -> Callable[[dict[str, str]], None]:
+def set_secret(local_aws: LocalResources) -> SetSecret:
+    """A new version of the Capillary secret: any JSON document, an org map included."""
     client = boto3.client("secretsmanager", endpoint_url=local_aws.endpoint_url)
 
-    def put(secret: dict[str, str]) -> None:
+    def put(secret: dict[str, Any]) -> None:
         client.put_secret_value(SecretId=local_aws.secret_id, SecretString=json.dumps(secret))
 
     return put
 
 
 @pytest.fixture
-def dead_letters(local_aws: LocalResources) -> Callable[[], list[dict[str, Any]]]:
+def dead_letters(local_aws: LocalResources) -> DrainDeadLetters:
     """Every message now in the dead-letter queue, with its attributes."""
     client = boto3.client("sqs", endpoint_url=local_aws.endpoint_url)
 
