@@ -12,7 +12,7 @@ import pytest
 import requests
 
 from resender import app
-from resender.dynamodb_codec import item_to_plain, to_item
+from resender.dynamodb_codec import PlainValue, item_to_plain, to_item
 from resender.local.aws import LocalResources, MotoServer, provision
 from resender.local.runner import DEMO_SECRET, DOCUMENTED_NOT_FOUND_ID, LocalContext
 from resender.local.stub import CapillaryStub
@@ -98,6 +98,13 @@ def invoke(function_env: dict[str, str]) -> Invoke:
         return app.lambda_handler(event, cast("LambdaContext", LocalContext(timeout_seconds)))
 
     return call
+
+
+def put_outcome(resources: LocalResources, message_id: int, **attributes: PlainValue) -> None:
+    """Write the outcome item of ``message_id`` as it stands, as another container or an earlier run left it."""
+    boto3.client("dynamodb", endpoint_url=resources.endpoint_url).put_item(
+        TableName=resources.table_name, Item=to_item({"messageId": message_id, **attributes})
+    )
 
 
 @pytest.fixture

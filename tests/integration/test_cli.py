@@ -24,7 +24,6 @@ from botocore.exceptions import EndpointConnectionError
 from resender import app
 from resender.cli.rendering import parse_since
 from resender.cli.target import AwsTarget
-from resender.dynamodb_codec import PlainValue, to_item
 from resender.local.aws import LocalResources, MotoServer
 from resender.local.runner import DOCUMENTED_NOT_FOUND_ID
 from resender.local.runner import sqs_event as event_of_messages
@@ -34,6 +33,7 @@ from resender.observability import logger as resender_logger
 from resender.queues import POISON_REASON_ATTRIBUTE
 from resender.store import OutcomeStore
 from tests.builders import failure, sns_event, sqs_event, sqs_record
+from tests.conftest import put_outcome
 from tests.integration.cli_runs import Run, RunCommand, run_command
 
 EVENTS = Path(__file__).resolve().parents[2] / "events"
@@ -101,12 +101,6 @@ def dynamodb(resources: LocalResources) -> Any:
 
 def sqs(resources: LocalResources) -> Any:
     return boto3.client("sqs", endpoint_url=resources.endpoint_url)
-
-
-def put_outcome(resources: LocalResources, message_id: int, **attributes: PlainValue) -> None:
-    dynamodb(resources).put_item(
-        TableName=resources.table_name, Item=to_item({"messageId": message_id, **attributes})
-    )
 
 
 def read_item(resources: LocalResources, message_id: int) -> dict[str, Any]:
