@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Callable, Iterator
@@ -131,25 +132,26 @@ def set_secret(local_aws: LocalResources) -> SetSecret:
     return put
 
 
+def drain(resources: LocalResources, queue_url: str) -> list[dict[str, Any]]:
+    """Receive every visible message of a queue, with its attributes (each stays hidden for a minute, so none
+    is returned twice)."""
+    client = boto3.client("sqs", endpoint_url=resources.endpoint_url)
+    messages: list[dict[str, Any]] = []
+    while batch := client.receive_message(
+        QueueUrl=queue_url,
+        MaxNumberOfMessages=10,
+        MessageAttributeNames=["All"],
+        AttributeNames=["All"],
+        VisibilityTimeout=60,
+    ).get("Messages", []):
+        messages.extend(cast("list[dict[str, Any]]", batch))
+    return messages
+
+
 @pytest.fixture
 def dead_letters(local_aws: LocalResources) -> DrainDeadLetters:
     """Every message now in the dead-letter queue, with its attributes."""
-    client = boto3.client("sqs", endpoint_url=local_aws.endpoint_url)
-
-    def drain() -> list[dict[str, Any]]:
-        messages: list[dict[str, Any]] = []
-        while True:
-            batch = client.receive_message(
-                QueueUrl=local_aws.dead_letter_queue_url,
-                MaxNumberOfMessages=10,
-                MessageAttributeNames=["All"],
-                VisibilityTimeout=60,
-            ).get("Messages", [])
-            if not batch:
-                return messages
-            messages.extend(cast("list[dict[str, Any]]", batch))
-
-    return drain
+    return functools.partial(drain, local_aws, local_aws.dead_letter_queue_url)
 
 
 class _Capture(logging.Handler):
