@@ -34,6 +34,7 @@ import boto3
 
 from bench.workload import Context, IdAllocator
 from resender.dynamodb_codec import item_numbers
+from resender.local.aws import lambda_record
 
 Handler = Callable[[dict[str, Any], Any], Any]
 
@@ -205,27 +206,6 @@ def _load_baseline(path: Path, index: int, calls: CallLog, requests: Any) -> Han
 
 
 # -- the emulated event source mapping ---------------------------------------------------------------------
-
-
-def lambda_record(message: dict[str, Any], queue_arn: str) -> dict[str, Any]:
-    attributes = message.get("Attributes", {})
-    return {
-        "messageId": message["MessageId"],
-        "receiptHandle": message["ReceiptHandle"],
-        "body": message["Body"],
-        "attributes": {
-            "ApproximateReceiveCount": attributes.get("ApproximateReceiveCount", "1"),
-            "SentTimestamp": attributes.get("SentTimestamp", str(int(time.time() * 1000))),
-        },
-        "messageAttributes": {
-            name: {"stringValue": value.get("StringValue"), "dataType": value.get("DataType")}
-            for name, value in message.get("MessageAttributes", {}).items()
-        },
-        "md5OfBody": message.get("MD5OfBody", ""),
-        "eventSource": "aws:sqs",
-        "eventSourceARN": queue_arn,
-        "awsRegion": "us-east-1",
-    }
 
 
 class Poller(threading.Thread):

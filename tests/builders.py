@@ -7,6 +7,7 @@ import time
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Final
 
 QUEUE_ARN = "arn:aws:sqs:us-east-1:123456789012:communication-failures"
@@ -116,3 +117,14 @@ def sns_event(message: str) -> dict[str, Any]:
             }
         ]
     }
+
+
+def written(path: Path, text: str) -> Path:
+    """``path``, now holding ``text``: an input file for a command."""
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def event_file(path: Path, event: dict[str, Any]) -> Path:
+    """``path``, now holding ``event`` as JSON, as ``sam local invoke`` and ``resender invoke`` read it."""
+    return written(path, json.dumps(event))

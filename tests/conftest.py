@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Callable, Iterator
@@ -12,11 +13,12 @@ import pytest
 import requests
 
 from resender import app
-from resender.dynamodb_codec import item_to_plain, to_item
+from resender.dynamodb_codec import PlainValue, item_to_plain, to_item
 from resender.local.aws import LocalResources, MotoServer, provision
 from resender.local.runner import DEMO_SECRET, DOCUMENTED_NOT_FOUND_ID, LocalContext
 from resender.local.stub import CapillaryStub
 from resender.observability import logger as resender_logger
+from tests.fixture_types import DrainDeadLetters, ReadOutcome, SetSecret
 
 if TYPE_CHECKING:
     from aws_lambda_powertools.utilities.typing import LambdaContext
@@ -99,8 +101,15 @@ def invoke(function_env: dict[str, str]) -> Invoke:
     return call
 
 
+def put_outcome(resources: LocalResources, message_id: int, **attributes: PlainValue) -> None:
+    """Write the outcome item of ``message_id`` as it stands, as another container or an earlier run left it."""
+    boto3.client("dynamodb", endpoint_url=resources.endpoint_url).put_item(
+        TableName=resources.table_name, Item=to_item({"messageId": message_id, **attributes})
+    )
+
+
 @pytest.fixture
-def outcome(local_aws: LocalResources) -> Callable[[int], dict[str, Any] | None]:
+def outcome(local_aws: LocalResources) -> ReadOutcome:
     """The outcome item stored for a messageId, as plain values."""
     client = boto3.client("dynamodb", endpoint_url=local_aws.endpoint_url)
 
@@ -113,34 +122,36 @@ def outcome(local_aws: LocalResources) -> Callable[[int], dict[str, Any] | None]
 
 
 @pytest.fixture
-def set_secret(local_aws: LocalResources) -> Callable[[dict[str, str]], None]:
+def set_secret(local_aws: LocalResources) -> SetSecret:
+    """A new version of the Capillary secret: any JSON document, an org map included."""
     client = boto3.client("secretsmanager", endpoint_url=local_aws.endpoint_url)
 
-    def put(secret: dict[str, str]) -> None:
+    def put(secret: dict[str, Any]) -> None:
         client.put_secret_value(SecretId=local_aws.secret_id, SecretString=json.dumps(secret))
 
     return put
 
 
+def drain(resources: LocalResources, queue_url: str) -> list[dict[str, Any]]:
+    """Receive every visible message of a queue, with its attributes (each stays hidden for a minute, so none
+    is returned twice)."""
+    client = boto3.client("sqs", endpoint_url=resources.endpoint_url)
+    messages: list[dict[str, Any]] = []
+    while batch := client.receive_message(
+        QueueUrl=queue_url,
+        MaxNumberOfMessages=10,
+        MessageAttributeNames=["All"],
+        AttributeNames=["All"],
+        VisibilityTimeout=60,
+    ).get("Messages", []):
+        messages.extend(cast("list[dict[str, Any]]", batch))
+    return messages
+
+
 @pytest.fixture
-def dead_letters(local_aws: LocalResources) -> Callable[[], list[dict[str, Any]]]:
+def dead_letters(local_aws: LocalResources) -> DrainDeadLetters:
     """Every message now in the dead-letter queue, with its attributes."""
-    client = boto3.client("sqs", endpoint_url=local_aws.endpoint_url)
-
-    def drain() -> list[dict[str, Any]]:
-        messages: list[dict[str, Any]] = []
-        while True:
-            batch = client.receive_message(
-                QueueUrl=local_aws.dead_letter_queue_url,
-                MaxNumberOfMessages=10,
-                MessageAttributeNames=["All"],
-                VisibilityTimeout=60,
-            ).get("Messages", [])
-            if not batch:
-                return messages
-            messages.extend(cast("list[dict[str, Any]]", batch))
-
-    return drain
+    return functools.partial(drain, local_aws, local_aws.dead_letter_queue_url)
 
 
 class _Capture(logging.Handler):

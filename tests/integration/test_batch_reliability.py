@@ -241,18 +241,25 @@ def test_unexpected_errors_stay_with_their_record(
 # -- FIFO source queues ---------------------------------------------------------------------------------
 
 
+#: ``fifo_batch``: ``(body, group)`` pairs in, the records handed to the handler and its response out.
+FifoBatch = Callable[[Sequence[tuple[str, str | None]]], tuple[list[dict[str, Any]], dict[str, Any]]]
+
+
 @pytest.fixture
-def fifo_queue(local_aws: LocalResources) -> str:
+def fifo_batch(function_env: dict[str, str], local_aws: LocalResources) -> FifoBatch:
+    """Send ``(body, group)`` pairs to a FIFO queue and hand what it gives back to the handler as one batch."""
     sqs = boto3.client("sqs", endpoint_url=local_aws.endpoint_url)
-    return sqs.create_queue(QueueName="failures.fifo", Attributes={"FifoQueue": "true"})["QueueUrl"]
+    queue_url = sqs.create_queue(QueueName="failures.fifo", Attributes={"FifoQueue": "true"})["QueueUrl"]
+
+    def handle(bodies: Sequence[tuple[str, str | None]]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        records = received_records(local_aws, queue_url, bodies)
+        return records, app.lambda_handler({"Records": records}, cast("LambdaContext", LocalContext()))
+
+    return handle
 
 
 def test_fifo_group_is_handed_back_from_its_first_failure_on(
-    function_env: dict[str, str],
-    local_aws: LocalResources,
-    stub: CapillaryStub,
-    outcome: ReadOutcome,
-    fifo_queue: str,
+    stub: CapillaryStub, outcome: ReadOutcome, fifo_batch: FifoBatch
 ) -> None:
     stub.script(ID, Behaviour.SERVER_ERROR)
     bodies = [
@@ -262,11 +269,10 @@ def test_fifo_group_is_handed_back_from_its_first_failure_on(
         (failure(ID + 11), "b"),
         (failure(ID + 2), "a"),
     ]
-    records = received_records(local_aws, fifo_queue, bodies)
+
+    records, response = fifo_batch(bodies)
+
     by_id = {json.loads(r["body"])["messageId"]: r["messageId"] for r in records}
-
-    response = app.lambda_handler({"Records": records}, cast("LambdaContext", LocalContext()))
-
     assert sorted(failed_ids(response)) == sorted([by_id[ID], by_id[ID + 1], by_id[ID + 2]])
     assert stored(outcome, ID)["status"] == "RETRYING"
     assert outcome(ID + 1) is None and outcome(ID + 2) is None, "later records of the group are not claimed"
@@ -277,15 +283,9 @@ def test_fifo_group_is_handed_back_from_its_first_failure_on(
 
 
 def test_fifo_same_id_in_two_groups_is_resent_once(
-    function_env: dict[str, str],
-    local_aws: LocalResources,
-    stub: CapillaryStub,
-    outcome: ReadOutcome,
-    fifo_queue: str,
+    stub: CapillaryStub, outcome: ReadOutcome, fifo_batch: FifoBatch
 ) -> None:
-    records = received_records(local_aws, fifo_queue, [(failure(ID), "a"), (failure(ID), "b")])
-
-    response = app.lambda_handler({"Records": records}, cast("LambdaContext", LocalContext()))
+    _, response = fifo_batch([(failure(ID), "a"), (failure(ID), "b")])
 
     assert stub.resends_performed(ID) == 1
     assert stored(outcome, ID)["status"] == "RESENT"

@@ -337,50 +337,53 @@ def test_keep_alive_one_connection_for_many_resends(own_server: Callable[..., Ow
 # -- permanent answers ----------------------------------------------------------------------------------
 
 
-def test_not_found_inside_http_200(stub: CapillaryStub) -> None:
-    stub.script(MESSAGE_ID, Behaviour.NOT_FOUND)
+FINAL_ANSWERS = [
+    pytest.param(
+        Behaviour.NOT_FOUND,
+        (Verdict.NOT_FOUND, Status.NOT_FOUND),
+        (200, 4223),
+        f"Message not found for orgId: {ORG_ID} and messageId: {MESSAGE_ID}",
+        id="not-found-inside-http-200",
+    ),
+    pytest.param(
+        Behaviour.REJECTED,
+        (Verdict.REJECTED, Status.REJECTED),
+        (400, 400),
+        "Input is invalid",
+        id="rejected-input",
+    ),
+    # Not retried either: the message may have been resent, the answer cannot say which.
+    pytest.param(
+        Behaviour.NO_RESENT_ID,
+        (Verdict.UNCERTAIN, Status.UNCERTAIN),
+        (200, None),
+        "without a resentMessageId",
+        id="success-without-resent-id-is-uncertain",
+    ),
+]
+
+
+@pytest.mark.parametrize(("behaviour", "read", "codes", "message"), FINAL_ANSWERS)
+def test_final_answers_keep_their_codes_and_message_and_name_no_resent_id(
+    stub: CapillaryStub,
+    behaviour: Behaviour,
+    read: tuple[Verdict, Status],
+    codes: tuple[int, int | None],
+    message: str,
+) -> None:
+    stub.script(MESSAGE_ID, behaviour)
     client = make_client(stub.base_url, FakeCredentials(BASIC))
 
     result = client.resend(MESSAGE_ID)
 
-    assert result.verdict is Verdict.NOT_FOUND
-    assert result.status is Status.NOT_FOUND
-    assert result.http_status == 200
-    assert result.error_code == 4223
+    assert (result.verdict, result.status) == read
+    assert (result.http_status, result.error_code) == codes
     assert result.error_message is not None
-    assert f"Message not found for orgId: {ORG_ID} and messageId: {MESSAGE_ID}" in result.error_message
+    assert message in result.error_message
     assert result.request_id is not None
     assert result.resent_message_id is None
     assert len(stub.resend_calls) == 1
     assert stub.resends_performed() == 0
-
-
-def test_rejected_input(stub: CapillaryStub) -> None:
-    stub.script(MESSAGE_ID, Behaviour.REJECTED)
-    client = make_client(stub.base_url, FakeCredentials(BASIC))
-
-    result = client.resend(MESSAGE_ID)
-
-    assert result.verdict is Verdict.REJECTED
-    assert result.status is Status.REJECTED
-    assert (result.http_status, result.error_code) == (400, 400)
-    assert result.error_message is not None
-    assert "Input is invalid" in result.error_message
-    assert len(stub.resend_calls) == 1
-    assert stub.resends_performed() == 0
-
-
-def test_success_without_resent_id_is_uncertain(stub: CapillaryStub) -> None:
-    stub.script(MESSAGE_ID, Behaviour.NO_RESENT_ID)
-    client = make_client(stub.base_url, FakeCredentials(BASIC))
-
-    result = client.resend(MESSAGE_ID)
-
-    assert result.verdict is Verdict.UNCERTAIN
-    assert result.status is Status.UNCERTAIN
-    assert result.http_status == 200
-    assert result.resent_message_id is None
-    assert len(stub.resend_calls) == 1
 
 
 # -- transient answers: nothing was resent, the queue may try again ---------------------------------------
@@ -659,20 +662,6 @@ def test_oauth_498_twice_gives_up_after_one_regeneration(stub: CapillaryStub) ->
     assert stub.resends_performed() == 0
 
 
-def test_oauth_bad_client_secret_is_auth_failed_without_any_resend(stub: CapillaryStub) -> None:
-    credentials = FakeCredentials(OAuthCredentials(CLIENT_KEY, "not-the-secret"))
-    client = make_client(stub.base_url, credentials)
-
-    result = client.resend(MESSAGE_ID)
-
-    assert result.verdict is Verdict.AUTH_FAILED
-    assert result.status is Status.RETRYING
-    assert result.error_code == 320001
-    assert stub.resend_calls == []
-    assert stub.token_requests == 2  # the refused token request is made once more with a fresh read
-    assert credentials.invalidated == [credentials.generation] * stub.token_requests
-
-
 def test_ten_threads_on_a_cold_container_share_one_token(stub: CapillaryStub) -> None:
     client = make_client(stub.base_url, FakeCredentials(OAUTH), pool_size=10)
     start = threading.Barrier(10)
@@ -698,19 +687,37 @@ def test_ten_threads_on_a_cold_container_share_one_token(stub: CapillaryStub) ->
 # -- authentication failures and credentials from Secrets Manager ----------------------------------------
 
 
-def test_basic_credentials_wrong_for_good(stub: CapillaryStub) -> None:
-    credentials = FakeCredentials(BasicCredentials(DOC_USERNAME, "wrong-password"))
-    client = make_client(stub.base_url, credentials)
+@pytest.mark.parametrize(
+    ("credentials", "codes", "refused_resends", "token_requests"),
+    [
+        # The refused token request is made once more after a fresh read; no resend is ever attempted.
+        pytest.param(
+            OAuthCredentials(CLIENT_KEY, "not-the-secret"), (None, 320001), 0, 2, id="oauth-bad-secret"
+        ),
+        pytest.param(
+            BasicCredentials(DOC_USERNAME, "wrong-password"), (401, 401), 2, 0, id="basic-wrong-password"
+        ),
+    ],
+)
+def test_credentials_wrong_for_good_are_auth_failed_after_one_fresh_read(
+    stub: CapillaryStub,
+    credentials: Credentials,
+    codes: tuple[int | None, int],
+    refused_resends: int,
+    token_requests: int,
+) -> None:
+    provider = FakeCredentials(credentials)
+    client = make_client(stub.base_url, provider)
 
     result = client.resend(MESSAGE_ID)
 
-    assert result.verdict is Verdict.AUTH_FAILED
-    assert result.status is Status.RETRYING
-    assert result.http_status == 401
-    assert len(stub.resend_calls) == 2
-    assert {call.behaviour for call in stub.resend_calls} == {Behaviour.UNAUTHORIZED}
+    assert (result.verdict, result.status) == (Verdict.AUTH_FAILED, Status.RETRYING)
+    assert (result.http_status, result.error_code) == codes
+    assert [call.behaviour for call in stub.resend_calls] == [Behaviour.UNAUTHORIZED] * refused_resends
     assert stub.resends_performed() == 0
-    assert credentials.invalidated == [credentials.generation] * len(stub.resend_calls)
+    assert stub.token_requests == token_requests
+    # Every refused request drops the cached credentials once.
+    assert provider.invalidated == [provider.generation] * (token_requests + refused_resends)
 
 
 def test_forbidden_is_auth_failed(stub: CapillaryStub) -> None:

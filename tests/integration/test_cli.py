@@ -24,7 +24,6 @@ from botocore.exceptions import EndpointConnectionError
 from resender import app
 from resender.cli.rendering import parse_since
 from resender.cli.target import AwsTarget
-from resender.dynamodb_codec import PlainValue, to_item
 from resender.local.aws import LocalResources, MotoServer
 from resender.local.runner import DOCUMENTED_NOT_FOUND_ID
 from resender.local.runner import sqs_event as event_of_messages
@@ -33,11 +32,13 @@ from resender.models import Status
 from resender.observability import logger as resender_logger
 from resender.queues import POISON_REASON_ATTRIBUTE
 from resender.store import OutcomeStore
-from tests.builders import failure, sns_event, sqs_event, sqs_record
+from tests.builders import event_file, failure, sns_event, sqs_event, sqs_record, written
+from tests.conftest import drain, put_outcome
 from tests.integration.cli_runs import Run, RunCommand, run_command
 
 EVENTS = Path(__file__).resolve().parents[2] / "events"
 ID = 1746061653596
+AT = "2026-01-01T00:00:00.000Z"  # when a seeded outcome was last written
 SUBCOMMANDS = ("status", "list", "invoke", "redrive", "resend", "submit", "demo", "local")
 
 
@@ -103,12 +104,6 @@ def sqs(resources: LocalResources) -> Any:
     return boto3.client("sqs", endpoint_url=resources.endpoint_url)
 
 
-def put_outcome(resources: LocalResources, message_id: int, **attributes: PlainValue) -> None:
-    dynamodb(resources).put_item(
-        TableName=resources.table_name, Item=to_item({"messageId": message_id, **attributes})
-    )
-
-
 def read_item(resources: LocalResources, message_id: int) -> dict[str, Any]:
     store = OutcomeStore(dynamodb(resources), resources.table_name)
     item = store.get(message_id)
@@ -121,23 +116,6 @@ def send(resources: LocalResources, queue_url: str, body: str, poison_reason: st
     if poison_reason:
         attributes[POISON_REASON_ATTRIBUTE] = {"DataType": "String", "StringValue": poison_reason}
     sqs(resources).send_message(QueueUrl=queue_url, MessageBody=body, MessageAttributes=attributes)
-
-
-def drain(resources: LocalResources, queue_url: str) -> list[dict[str, Any]]:
-    """Receive every visible message (each stays hidden for a minute, so none is returned twice)."""
-    client = sqs(resources)
-    messages: list[dict[str, Any]] = []
-    while True:
-        batch = client.receive_message(
-            QueueUrl=queue_url,
-            MaxNumberOfMessages=10,
-            MessageAttributeNames=["All"],
-            AttributeNames=["All"],
-            VisibilityTimeout=60,
-        ).get("Messages", [])
-        if not batch:
-            return messages
-        messages.extend(batch)
 
 
 def consume(resources: LocalResources, invoke: Callable[..., dict[str, Any]]) -> list[dict[str, Any]]:
@@ -269,7 +247,7 @@ def test_an_unknown_profile_is_a_configuration_error(run: RunCommand) -> None:
 def test_endpoint_option_wins_over_the_environment(
     run: RunCommand, local_aws: LocalResources, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    put_outcome(local_aws, ID, status="RESENT", attempts=1, updatedAt="2026-01-01T00:00:00.000Z")
+    put_outcome(local_aws, ID, status="RESENT", attempts=1, updatedAt=AT)
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens there
 
     result = run("status", str(ID), "--table", local_aws.table_name, "--endpoint-url", local_aws.endpoint_url)
@@ -598,7 +576,7 @@ def test_list_pages_through_outcomes_that_share_a_timestamp(
     run: RunCommand, local_aws: LocalResources
 ) -> None:
     for message_id in range(100, 107):
-        put_outcome(local_aws, message_id, status="RESENT", attempts=1, updatedAt="2026-01-01T00:00:00.000Z")
+        put_outcome(local_aws, message_id, status="RESENT", attempts=1, updatedAt=AT)
     seen: list[int] = []
     token: str | None = None
     for _ in range(10):
@@ -625,10 +603,9 @@ def test_list_rejects_a_forged_page_token(run: RunCommand, local_aws: LocalResou
 def test_invoke_prints_the_batch_response_and_the_outcomes(
     run: RunCommand, function_env: dict[str, str], stub: CapillaryStub, tmp_path: Path
 ) -> None:
-    event_file = tmp_path / "event.json"
-    event_file.write_text(json.dumps(sqs_event(failure(ID), "not json")))
+    event_path = event_file(tmp_path / "event.json", sqs_event(failure(ID), "not json"))
 
-    result = run("invoke", str(event_file), "--json")
+    result = run("invoke", str(event_path), "--json")
 
     assert result.code == 0, result.err
     (invocation,) = result.json()["invocations"]
@@ -642,7 +619,7 @@ def test_invoke_prints_the_batch_response_and_the_outcomes(
     assert poison["status"] == "POISON"
     assert "JSON" in poison["detail"] or "json" in poison["detail"]
 
-    text = run("invoke", str(event_file))
+    text = run("invoke", str(event_path))
     assert text.code == 0, text.err
     assert 'event.json: {"batchItemFailures": []}' in text.out
     assert f"event.json  {ID}" in text.out  # the replay is acknowledged: same outcome, no second resend
@@ -658,12 +635,11 @@ def test_invoke_with_sam_env_vars_file(
 ) -> None:
     for name in ("OUTCOMES_TABLE", "CAPILLARY_SECRET_ID", "CAPILLARY_BASE_URL"):
         monkeypatch.delenv(name, raising=False)
-    env_file = tmp_path / "env.json"
-    env_file.write_text(json.dumps({"ResenderFunction": local_aws.environment(stub.base_url)}))
-    event_file = tmp_path / "event.json"
-    event_file.write_text(json.dumps(sqs_event(failure(ID))))
+    env = {"ResenderFunction": local_aws.environment(stub.base_url)}
+    env_file = written(tmp_path / "env.json", json.dumps(env))
+    event_path = event_file(tmp_path / "event.json", sqs_event(failure(ID)))
 
-    result = run("invoke", str(event_file), "--env-vars", str(env_file), "--json")
+    result = run("invoke", str(event_path), "--env-vars", str(env_file), "--json")
 
     assert result.code == 0, result.err
     assert result.json()["invocations"][0]["outcomes"][0]["status"] == "RESENT"
@@ -673,10 +649,9 @@ def test_invoke_without_configuration_is_a_configuration_error(
     run: RunCommand, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("CAPILLARY_BASE_URL", raising=False)
-    event_file = tmp_path / "event.json"
-    event_file.write_text(json.dumps(sqs_event(failure(ID))))
+    event_path = event_file(tmp_path / "event.json", sqs_event(failure(ID)))
 
-    result = run("invoke", str(event_file), "--table", "outcomes")
+    result = run("invoke", str(event_path), "--table", "outcomes")
 
     assert_one_line_error(result, 2)
     assert "CAPILLARY" in result.err
@@ -685,14 +660,12 @@ def test_invoke_without_configuration_is_a_configuration_error(
 def test_a_failed_invocation_prints_no_outcome_it_did_not_produce(
     run: RunCommand, function_env: dict[str, str], stub: CapillaryStub, tmp_path: Path
 ) -> None:
-    resent = tmp_path / "resent.json"
-    resent.write_text(json.dumps(sqs_event(failure(ID))))
+    resent = event_file(tmp_path / "resent.json", sqs_event(failure(ID)))
     assert run("invoke", str(resent)).code == 0
     # The same id again, in an event the handler refuses as a whole (records of two sources).
     mixed = sqs_event(failure(ID))
     mixed["Records"].append(sns_event(failure(ID + 1))["Records"][0])
-    refused = tmp_path / "refused.json"
-    refused.write_text(json.dumps(mixed))
+    refused = event_file(tmp_path / "refused.json", mixed)
 
     result = run("invoke", str(refused), "--json")
 
@@ -793,8 +766,7 @@ def test_invoke_local_of_the_events_glob_skips_the_env_vars_file(run: RunCommand
 
 
 def test_invoke_of_a_file_that_is_not_json_names_the_file(run: RunCommand, tmp_path: Path) -> None:
-    broken = tmp_path / "broken-event.json"
-    broken.write_text('{"Records": [', encoding="utf-8")
+    broken = written(tmp_path / "broken-event.json", '{"Records": [')
 
     result = run("invoke", "--local", str(broken))
 
@@ -877,8 +849,7 @@ def test_local_up_serves_a_provisioned_stack_with_the_faults_asked_for(
         assert "sam local invoke" in shown
         for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "AWS_REGION"):
             monkeypatch.delenv(name, raising=False)
-        event = tmp_path / "event.json"
-        event.write_text(json.dumps(sqs_event(*(failure(ID + n) for n in range(4)))))
+        event = event_file(tmp_path / "event.json", sqs_event(*(failure(ID + n) for n in range(4))))
 
         result = run("invoke", "--env-vars", str(env_file), str(event), "--json")
 
@@ -1174,7 +1145,7 @@ def test_resend_refuses_without_force(
     run: RunCommand, function_env: dict[str, str], stub: CapillaryStub, local_aws: LocalResources
 ) -> None:
     for message_id, (attributes, _) in REFUSALS.items():
-        put_outcome(local_aws, message_id, attempts=1, updatedAt="2026-01-01T00:00:00.000Z", **attributes)
+        put_outcome(local_aws, message_id, attempts=1, updatedAt=AT, **attributes)
 
     for message_id, (attributes, why) in REFUSALS.items():
         result = run("resend", str(message_id))
@@ -1189,14 +1160,7 @@ def test_resend_refuses_without_force(
 def test_resend_force_on_uncertain_resends_once_and_records_it(
     run: RunCommand, function_env: dict[str, str], stub: CapillaryStub, local_aws: LocalResources
 ) -> None:
-    put_outcome(
-        local_aws,
-        ID,
-        status="UNCERTAIN",
-        attempts=1,
-        errorMessage="read timeout",
-        updatedAt="2026-01-01T00:00:00.000Z",
-    )
+    put_outcome(local_aws, ID, status="UNCERTAIN", attempts=1, errorMessage="read timeout", updatedAt=AT)
 
     result = run(
         "resend", str(ID), "--force", "--operator", "alice", "--reason", "checked member care", "--json"
@@ -1231,7 +1195,7 @@ def test_resend_force_on_uncertain_resends_once_and_records_it(
 def test_forced_by_defaults_to_the_caller_identity(
     run: RunCommand, function_env: dict[str, str], stub: CapillaryStub, local_aws: LocalResources
 ) -> None:
-    put_outcome(local_aws, ID, status="UNCERTAIN", attempts=1, updatedAt="2026-01-01T00:00:00.000Z")
+    put_outcome(local_aws, ID, status="UNCERTAIN", attempts=1, updatedAt=AT)
     caller = boto3.client("sts", region_name="us-east-1").get_caller_identity()["Arn"]
 
     result = run("resend", str(ID), "--force", "--json")
@@ -1260,7 +1224,7 @@ def test_resend_force_on_resent_keeps_the_earlier_resend(
 
 
 def test_a_forced_claim_is_conditional_on_what_the_operator_saw(local_aws: LocalResources) -> None:
-    put_outcome(local_aws, ID, status="UNCERTAIN", attempts=1, updatedAt="2026-01-01T00:00:00.000Z")
+    put_outcome(local_aws, ID, status="UNCERTAIN", attempts=1, updatedAt=AT)
     store = OutcomeStore(dynamodb(local_aws), local_aws.table_name)
 
     first = store.force_claim(ID, 60, expected_status=Status.UNCERTAIN, forced_by="alice")
@@ -1276,7 +1240,7 @@ def test_a_forced_claim_is_conditional_on_what_the_operator_saw(local_aws: Local
         ID + 1,
         60,
         expected_status=Status.UNCERTAIN,
-        expected_updated_at="2026-01-01T00:00:00.000Z",
+        expected_updated_at=AT,
         forced_by="bob",
     )
     assert changed is None
@@ -1293,7 +1257,7 @@ def test_resend_of_a_stale_claim_follows_the_protocol_into_uncertain(
         attempts=1,
         claimToken="vanished",
         leaseExpiresAt=int(time.time()) - 5,
-        updatedAt="2026-01-01T00:00:00.000Z",
+        updatedAt=AT,
     )
 
     assert "(expired: the next delivery records UNCERTAIN)" in run("status", str(ID)).out
@@ -1309,14 +1273,7 @@ def test_resend_keeps_the_loop_guard_unless_forced(
     run: RunCommand, function_env: dict[str, str], stub: CapillaryStub, local_aws: LocalResources
 ) -> None:
     # A link item two resends deep: MAX_RESEND_DEPTH (2) says this one is not resent.
-    put_outcome(
-        local_aws,
-        ID,
-        resendOf=ID - 1,
-        resendDepth=2,
-        rootMessageId=ID - 2,
-        linkedAt="2026-01-01T00:00:00.000Z",
-    )
+    put_outcome(local_aws, ID, resendOf=ID - 1, resendDepth=2, rootMessageId=ID - 2, linkedAt=AT)
 
     skipped = run("resend", str(ID), "--json")
     assert skipped.json()["status"] == "SKIPPED"

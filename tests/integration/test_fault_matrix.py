@@ -188,6 +188,11 @@ class Fault:
         return self.times_per_id is None or self.hits[call.message_id] < self.times_per_id
 
 
+def answer_lost(kind: str) -> Fault:
+    """The first request of ``kind`` for each id reaches AWS, and its answer is lost on the way back."""
+    return Fault(kind, read_timeout, times_per_id=1, land_first=True)
+
+
 class AwsFaults:
     """Hooks on the function's clients: every request is logged, and faults decide what happens to it."""
 
@@ -930,21 +935,13 @@ SCENARIOS = [
     case(
         # The claim lands but its answer is lost; the SDK's retry fails the condition on our own claim.
         "dynamodb-claim-answer-lost-sdk-retried",
-        Scenario(
-            aws_fault(Fault("claim", read_timeout, times_per_id=1, land_first=True)),
-            "RESENT",
-            **SETTLED,
-            check=claims_are_not_left_behind(attempts=1),
-        ),
+        Scenario(aws_fault(answer_lost("claim")), "RESENT", **SETTLED, check=claims_are_not_left_behind(1)),
     ),
     case(
         # The same, and the SDK's retries time out too: the claim that may have landed must be released.
         "dynamodb-claim-answer-lost-sdk-gave-up",
         Scenario(
-            aws_fault(
-                Fault("claim", read_timeout, times_per_id=1, land_first=True),
-                Fault("claim", read_timeout, times_per_id=SDK_ATTEMPTS - 1),
-            ),
+            aws_fault(answer_lost("claim"), Fault("claim", read_timeout, times_per_id=SDK_ATTEMPTS - 1)),
             **NO_CALL,
             check=claims_are_not_left_behind(attempts=2),
         ),
@@ -961,12 +958,7 @@ SCENARIOS = [
     ),
     case(
         "dynamodb-record-answer-lost",
-        Scenario(
-            aws_fault(Fault("settle", read_timeout, times_per_id=1, land_first=True)),
-            "RESENT",
-            **SETTLED,
-            check=links_written,
-        ),
+        Scenario(aws_fault(answer_lost("settle")), "RESENT", **SETTLED, check=links_written),
     ),
     case(
         "dynamodb-record-fails",

@@ -9,19 +9,18 @@ import time
 from pathlib import Path
 from typing import Any, cast
 
-import boto3
 import pytest
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from resender import app
-from resender.dynamodb_codec import to_item
+from resender.dynamodb_codec import PlainValue
 from resender.local.aws import LocalResources
 from resender.local.runner import DEMO_SECRET, LocalContext, as_delivered_now
 from resender.local.stub import Behaviour, CapillaryStub, basic_auth_header
 from resender.observability import MetricName
 from resender.queues import POISON_REASON_ATTRIBUTE
 from tests.builders import eventbridge_event, failure, sns_envelope, sns_event, sqs_event, sqs_record
-from tests.conftest import OAUTH_SECRET, Invoke
+from tests.conftest import OAUTH_SECRET, Invoke, put_outcome
 from tests.fixture_types import DrainDeadLetters, ReadOutcome, SetSecret, stored
 
 EVENTS = Path(__file__).resolve().parents[2] / "events"
@@ -110,34 +109,41 @@ def test_sample_events_each_cause_one_resend(invoke: Invoke, stub: CapillaryStub
 # -- classification reaches the table and the batch response ---------------------------------------
 
 
+#: Capillary's answers by the status each must leave; only RETRYING ones are reported for retry.
+ANSWERS_BY_STATUS = {
+    "RESENT": [Behaviour.OK],
+    "NOT_FOUND": [Behaviour.NOT_FOUND],
+    "REJECTED": [Behaviour.REJECTED],
+    "RETRYING": [
+        Behaviour.SERVER_ERROR,
+        Behaviour.BAD_GATEWAY,
+        Behaviour.THROTTLED,
+        Behaviour.SEARCH_BUSY,
+        Behaviour.CUSTOMER_BUSY,
+        Behaviour.AUTH_UNAVAILABLE,
+    ],
+    "UNCERTAIN": [
+        Behaviour.HTML_ERROR,  # a proxy's 502 page: it may have forwarded the request
+        Behaviour.GATEWAY_TIMEOUT,
+        Behaviour.EMPTY_OK,
+        Behaviour.RESENT_BUT_UNAUTHORIZED,
+        Behaviour.HANG_AFTER_RESEND,
+        Behaviour.DROP_AFTER_RESEND,
+        Behaviour.NO_RESENT_ID,
+    ],
+}
+
+
 @pytest.mark.parametrize(
-    ("behaviour", "status", "retried"),
+    ("behaviour", "status"),
     [
-        (Behaviour.OK, "RESENT", False),
-        (Behaviour.NOT_FOUND, "NOT_FOUND", False),
-        (Behaviour.REJECTED, "REJECTED", False),
-        (Behaviour.SERVER_ERROR, "RETRYING", True),
-        (Behaviour.BAD_GATEWAY, "RETRYING", True),
-        (Behaviour.THROTTLED, "RETRYING", True),
-        (Behaviour.SEARCH_BUSY, "RETRYING", True),
-        (Behaviour.CUSTOMER_BUSY, "RETRYING", True),
-        (Behaviour.AUTH_UNAVAILABLE, "RETRYING", True),
-        (Behaviour.HTML_ERROR, "UNCERTAIN", False),  # a proxy's 502 page: it may have forwarded the request
-        (Behaviour.GATEWAY_TIMEOUT, "UNCERTAIN", False),
-        (Behaviour.EMPTY_OK, "UNCERTAIN", False),
-        (Behaviour.RESENT_BUT_UNAUTHORIZED, "UNCERTAIN", False),
-        (Behaviour.HANG_AFTER_RESEND, "UNCERTAIN", False),
-        (Behaviour.DROP_AFTER_RESEND, "UNCERTAIN", False),
-        (Behaviour.NO_RESENT_ID, "UNCERTAIN", False),
+        pytest.param(behaviour, status, id=f"{behaviour.value}-{status}-{status == 'RETRYING'}")
+        for status, behaviours in ANSWERS_BY_STATUS.items()
+        for behaviour in behaviours
     ],
 )
 def test_each_answer_is_recorded_and_only_retryable_ones_are_reported(
-    invoke: Invoke,
-    stub: CapillaryStub,
-    outcome: ReadOutcome,
-    behaviour: Behaviour,
-    status: str,
-    retried: bool,
+    invoke: Invoke, stub: CapillaryStub, outcome: ReadOutcome, behaviour: Behaviour, status: str
 ) -> None:
     stub.hang_seconds = 5
     stub.script(ID, behaviour)
@@ -145,6 +151,7 @@ def test_each_answer_is_recorded_and_only_retryable_ones_are_reported(
 
     response = invoke(event)
 
+    retried = status == "RETRYING"
     assert failed_ids(response) == ([event["Records"][0]["messageId"]] if retried else [])
     item = stored(outcome, ID)
     assert item["status"] == status
@@ -157,22 +164,6 @@ def test_each_answer_is_recorded_and_only_retryable_ones_are_reported(
         assert item["requestId"]
     if status == "RETRYING":
         assert item["errorMessage"]
-
-
-def test_retrying_item_is_claimed_again_and_resent_once(
-    invoke: Invoke, stub: CapillaryStub, outcome: ReadOutcome
-) -> None:
-    stub.script(ID, Behaviour.SERVER_ERROR)
-
-    first = invoke(sqs_event(failure(ID)))
-    second = invoke(sqs_event(failure(ID), receive_count=2))
-
-    assert len(first["batchItemFailures"]) == 1
-    assert second == {"batchItemFailures": []}
-    item = stored(outcome, ID)
-    assert (item["status"], item["attempts"]) == ("RESENT", 2)
-    assert "errorMessage" not in item  # the earlier failure does not linger on a success
-    assert stub.resends_performed(ID) == 1
 
 
 # -- at most one resend ------------------------------------------------------------------------------
@@ -228,67 +219,86 @@ def test_sixteen_concurrent_invocations_of_one_id_resend_once(
     assert stored(outcome, ID)["status"] == "RESENT"
 
 
-def test_lost_answer_ends_uncertain_and_is_never_resent(
-    invoke: Invoke, stub: CapillaryStub, outcome: ReadOutcome
+@pytest.mark.parametrize(
+    ("behaviour", "handed_back", "status", "attempts", "error_kept", "calls"),
+    [
+        # Not done: claimed again on the redelivery and resent; the earlier failure does not linger.
+        pytest.param(Behaviour.SERVER_ERROR, True, "RESENT", 2, False, 2, id="not-done-is-resent-once"),
+        # May have been done: the redelivery finds the outcome final and sends nothing.
+        pytest.param(
+            Behaviour.DROP_AFTER_RESEND, False, "UNCERTAIN", 1, True, 1, id="lost-answer-never-resent"
+        ),
+    ],
+)
+def test_a_redelivery_resends_only_what_capillary_said_was_not_done(
+    invoke: Invoke,
+    stub: CapillaryStub,
+    outcome: ReadOutcome,
+    behaviour: Behaviour,
+    handed_back: bool,
+    status: str,
+    attempts: int,
+    error_kept: bool,
+    calls: int,
 ) -> None:
-    stub.script(ID, Behaviour.DROP_AFTER_RESEND)
+    stub.script(ID, behaviour)
+    event = sqs_event(failure(ID))
 
-    first = invoke(sqs_event(failure(ID)))
+    first = invoke(event)
     redelivery = invoke(sqs_event(failure(ID), receive_count=2))
 
-    assert first == redelivery == {"batchItemFailures": []}
-    assert stored(outcome, ID)["status"] == "UNCERTAIN"
+    assert failed_ids(first) == ([event["Records"][0]["messageId"]] if handed_back else [])
+    assert redelivery == {"batchItemFailures": []}
+    item = stored(outcome, ID)
+    assert (item["status"], item["attempts"]) == (status, attempts)
+    assert ("errorMessage" in item) is error_kept
     assert stub.resends_performed(ID) == 1
-    assert len(stub.resend_calls) == 1
+    assert len(stub.resend_calls) == calls
 
 
-def test_claim_left_by_a_vanished_holder_becomes_uncertain_without_a_call(
-    invoke: Invoke, stub: CapillaryStub, outcome: ReadOutcome, local_aws: LocalResources
-) -> None:
-    dynamodb = boto3.client("dynamodb", endpoint_url=local_aws.endpoint_url)
-    dynamodb.put_item(
-        TableName=local_aws.table_name,
-        Item=to_item(
-            {
-                "messageId": ID,
-                "status": "IN_PROGRESS",
-                "attempts": 1,
-                "claimToken": "vanished-holder",
-                "leaseExpiresAt": int(time.time()) - 1,
-            }
+@pytest.mark.parametrize(
+    ("holder", "lease_left", "receive_count", "handed_back", "status", "error"),
+    [
+        # A holder that vanished (crash, timeout) may have sent the request: never sent again.
+        pytest.param(
+            {"claimToken": "vanished-holder", "attempts": 1},
+            -1,
+            2,
+            False,
+            "UNCERTAIN",
+            "claim expired",
+            id="vanished-holder-becomes-uncertain",
         ),
-    )
+        pytest.param(
+            {"claimToken": "busy-holder"}, 600, 1, True, "IN_PROGRESS", None, id="live-holder-retried-later"
+        ),
+    ],
+)
+def test_a_claim_of_another_holder_is_never_called_over(
+    invoke: Invoke,
+    stub: CapillaryStub,
+    outcome: ReadOutcome,
+    local_aws: LocalResources,
+    holder: dict[str, PlainValue],
+    lease_left: int,
+    receive_count: int,
+    handed_back: bool,
+    status: str,
+    error: str | None,
+) -> None:
+    put_outcome(local_aws, ID, status="IN_PROGRESS", leaseExpiresAt=int(time.time()) + lease_left, **holder)
+    event = sqs_event(failure(ID), receive_count=receive_count)
 
-    response = invoke(sqs_event(failure(ID), receive_count=2))
+    response = invoke(event)
 
-    assert response == {"batchItemFailures": []}
+    assert failed_ids(response) == ([event["Records"][0]["messageId"]] if handed_back else [])
     assert stub.resend_calls == []
     item = stored(outcome, ID)
-    assert item["status"] == "UNCERTAIN"
-    assert "claim expired" in item["errorMessage"]
-
-
-def test_live_claim_of_another_holder_is_retried_later_not_resent(
-    invoke: Invoke, stub: CapillaryStub, outcome: ReadOutcome, local_aws: LocalResources
-) -> None:
-    dynamodb = boto3.client("dynamodb", endpoint_url=local_aws.endpoint_url)
-    dynamodb.put_item(
-        TableName=local_aws.table_name,
-        Item=to_item(
-            {
-                "messageId": ID,
-                "status": "IN_PROGRESS",
-                "claimToken": "busy-holder",
-                "leaseExpiresAt": int(time.time()) + 600,
-            }
-        ),
-    )
-
-    response = invoke(sqs_event(failure(ID)))
-
-    assert len(response["batchItemFailures"]) == 1
-    assert stub.resend_calls == []
-    assert stored(outcome, ID)["status"] == "IN_PROGRESS"
+    assert item["status"] == status
+    if error is None:
+        assert "errorMessage" not in item
+    else:
+        assert error in item["errorMessage"]
 
 
 # -- poison ----------------------------------------------------------------------------------------
@@ -374,29 +384,35 @@ def test_password_rotation_recovers_without_losing_the_message(
     assert stored(outcome, ID + 1)["status"] == "RESENT"
 
 
-def test_unreadable_secret_retries_without_calling_capillary(
-    invoke: Invoke, stub: CapillaryStub, monkeypatch: pytest.MonkeyPatch, outcome: ReadOutcome
+@pytest.mark.parametrize(
+    ("setting", "value", "recorded"),
+    [
+        pytest.param("CAPILLARY_SECRET_ID", "no-such-secret", "RETRYING", id="unreadable-secret"),
+        # Nowhere to claim, so nothing is recorded in the real table either.
+        pytest.param("OUTCOMES_TABLE", "no-such-table", None, id="unreachable-table"),
+    ],
+)
+def test_an_unusable_secret_or_table_retries_without_calling_capillary(
+    invoke: Invoke,
+    stub: CapillaryStub,
+    monkeypatch: pytest.MonkeyPatch,
+    outcome: ReadOutcome,
+    setting: str,
+    value: str,
+    recorded: str | None,
 ) -> None:
-    monkeypatch.setenv("CAPILLARY_SECRET_ID", "no-such-secret")
+    monkeypatch.setenv(setting, value)
     app.reset_container()
+    event = sqs_event(failure(ID))
 
-    response = invoke(sqs_event(failure(ID)))
+    response = invoke(event)
 
-    assert len(response["batchItemFailures"]) == 1
+    assert failed_ids(response) == [event["Records"][0]["messageId"]]
     assert stub.resend_calls == []
-    assert stored(outcome, ID)["status"] == "RETRYING"
-
-
-def test_unreachable_table_retries_without_calling_capillary(
-    invoke: Invoke, stub: CapillaryStub, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("OUTCOMES_TABLE", "no-such-table")
-    app.reset_container()
-
-    response = invoke(sqs_event(failure(ID)))
-
-    assert len(response["batchItemFailures"]) == 1
-    assert stub.resend_calls == []
+    if recorded is None:
+        assert outcome(ID) is None
+    else:
+        assert stored(outcome, ID)["status"] == recorded
 
 
 def test_no_secret_material_reaches_the_logs(

@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import boto3
 import pytest
@@ -22,7 +22,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from resender import app
 from resender.events import DEFERRALS_ATTRIBUTE, FIRST_SEEN_ATTRIBUTE
-from resender.local.aws import LocalResources
+from resender.local.aws import LocalResources, lambda_record
 from resender.local.runner import LocalContext
 from resender.local.stub import CapillaryStub
 from resender.pacing import DEFAULT_ORG, PacingConfig, SharedPacer
@@ -47,27 +47,6 @@ def now_ms() -> int:
 def fresh_event(*message_ids: int) -> dict[str, Any]:
     """SQS records whose failures reached the queue just now (so no deferral is too old)."""
     return {"Records": [sqs_record(failure(m), sent_at_ms=now_ms()) for m in message_ids]}
-
-
-def as_lambda_record(message: MessageTypeDef, queue_arn: str) -> dict[str, Any]:
-    """A message received from SQS, shaped as the event source mapping hands it to the function."""
-    attributes = message.get("Attributes", {})
-    return {
-        "messageId": message["MessageId"],
-        "receiptHandle": message["ReceiptHandle"],
-        "body": message["Body"],
-        "attributes": {
-            "ApproximateReceiveCount": attributes.get("ApproximateReceiveCount", "1"),
-            "SentTimestamp": attributes.get("SentTimestamp", str(now_ms())),
-        },
-        "messageAttributes": {
-            name: {"stringValue": value["StringValue"], "dataType": value["DataType"]}
-            for name, value in message.get("MessageAttributes", {}).items()
-        },
-        "eventSource": "aws:sqs",
-        "eventSourceARN": queue_arn,
-        "awsRegion": "us-east-1",
-    }
 
 
 @pytest.fixture
@@ -111,11 +90,33 @@ def paced_env(
     app.reset_container()
 
 
-def delayed(sqs: SQSClient, local_aws: LocalResources) -> int:
-    attributes = sqs.get_queue_attributes(
-        QueueUrl=local_aws.queue_url, AttributeNames=["ApproximateNumberOfMessagesDelayed"]
-    )["Attributes"]
-    return int(attributes["ApproximateNumberOfMessagesDelayed"])
+class Reconfigure(Protocol):
+    def __call__(self, **settings: str) -> None: ...
+
+
+@pytest.fixture
+def reconfigure(paced_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Reconfigure:
+    """Change settings of the paced function: the next container built reads them."""
+
+    def apply(**settings: str) -> None:
+        for name, value in settings.items():
+            monkeypatch.setenv(name, value)
+        app.reset_container()
+
+    return apply
+
+
+@pytest.fixture
+def delayed(local_aws: LocalResources, sqs: SQSClient) -> Callable[[], int]:
+    """How many copies now wait in the source queue for their delay to run out."""
+
+    def count() -> int:
+        attributes = sqs.get_queue_attributes(
+            QueueUrl=local_aws.queue_url, AttributeNames=["ApproximateNumberOfMessagesDelayed"]
+        )["Attributes"]
+        return int(attributes["ApproximateNumberOfMessagesDelayed"])
+
+    return count
 
 
 def handle(event: dict[str, Any]) -> dict[str, Any]:
@@ -206,7 +207,7 @@ def test_a_held_back_record_and_its_late_original_resend_once(
 
     late_original = dict(event["Records"][1])
     late_original["attributes"] = {**late_original["attributes"], "ApproximateReceiveCount": "2"}
-    copy_record = as_lambda_record(copy, local_aws.queue_arn)
+    copy_record = lambda_record(copy, local_aws.queue_arn)
     order = [copy_record, late_original] if first == "copy" else [late_original, copy_record]
     for record in order:
         assert handle({"Records": [record]}) == {"batchItemFailures": []}
@@ -217,34 +218,23 @@ def test_a_held_back_record_and_its_late_original_resend_once(
 
 
 def test_dynamodb_failing_under_the_limiter_holds_records_back_and_never_calls(
-    paced_env: dict[str, str],
-    local_aws: LocalResources,
-    stub: CapillaryStub,
-    outcome: ReadOutcome,
-    sqs: SQSClient,
-    monkeypatch: pytest.MonkeyPatch,
+    reconfigure: Reconfigure, stub: CapillaryStub, outcome: ReadOutcome, delayed: Callable[[], int]
 ) -> None:
-    monkeypatch.setenv("PACING_TABLE", "no-such-pacing-table")
-    app.reset_container()
+    reconfigure(PACING_TABLE="no-such-pacing-table")
 
     response = handle(fresh_event(ID, ID + 1))
 
     assert stub.resend_calls == []
     assert response == {"batchItemFailures": []}
-    assert delayed(sqs, local_aws) == 2  # both copies wait in the source queue
+    assert delayed() == 2  # both copies wait in the source queue
     assert {stored(outcome, ID)["status"], stored(outcome, ID + 1)["status"]} == {"RETRYING"}
     assert "pacing table could not be written" in stored(outcome, ID)["errorMessage"]
 
 
 def test_a_429_holds_the_whole_org_back_and_lowers_the_shared_rate(
-    paced_env: dict[str, str],
-    local_aws: LocalResources,
-    stub: CapillaryStub,
-    sqs: SQSClient,
-    monkeypatch: pytest.MonkeyPatch,
+    reconfigure: Reconfigure, local_aws: LocalResources, stub: CapillaryStub, delayed: Callable[[], int]
 ) -> None:
-    monkeypatch.setenv("RESEND_RATE_PER_MINUTE", "50")  # above what Capillary allows this key
-    app.reset_container()
+    reconfigure(RESEND_RATE_PER_MINUTE="50")  # above what Capillary allows this key
     stub.window_limit = (2, 1e9)  # a window that cannot roll over during the test
     stub.reset()
 
@@ -254,7 +244,7 @@ def test_a_429_holds_the_whole_org_back_and_lowers_the_shared_rate(
     assert stub.resends_performed() == 2
     assert stub.throttled == 1, "after the first 429 nobody called again before Retry-After"
     assert len(stub.resend_calls) == 3
-    assert delayed(sqs, local_aws) == 3
+    assert delayed() == 3
     state = SharedPacer(
         boto3.client("dynamodb", endpoint_url=local_aws.endpoint_url),
         local_aws.pacing_table_name,
@@ -267,16 +257,14 @@ def test_a_429_holds_the_whole_org_back_and_lowers_the_shared_rate(
 
 
 def test_the_shared_breaker_opened_by_one_container_stops_another(
-    paced_env: dict[str, str],
-    local_aws: LocalResources,
-    stub: CapillaryStub,
-    sqs: SQSClient,
-    monkeypatch: pytest.MonkeyPatch,
+    reconfigure: Reconfigure, stub: CapillaryStub, delayed: Callable[[], int]
 ) -> None:
-    monkeypatch.setenv("RESEND_RATE_PER_MINUTE", "600")
-    monkeypatch.setenv("SHARED_BREAKER_THRESHOLD", "2")
-    monkeypatch.setenv("CIRCUIT_BREAKER_THRESHOLD", "10")
-    monkeypatch.setenv("PACING_MAX_WAIT_SECONDS", "5")
+    reconfigure(
+        RESEND_RATE_PER_MINUTE="600",
+        SHARED_BREAKER_THRESHOLD="2",
+        CIRCUIT_BREAKER_THRESHOLD="10",
+        PACING_MAX_WAIT_SECONDS="5",
+    )
     first, second = app.build_container(Settings.from_env()), app.build_container(Settings.from_env())
     stub.stop()  # connections refused
 
@@ -289,4 +277,4 @@ def test_the_shared_breaker_opened_by_one_container_stops_another(
     assert len(failed["batchItemFailures"]) == 2  # real failures: they count toward maxReceiveCount
     assert held == {"batchItemFailures": []}  # held back by the breaker: copied, not failed
     assert stub.resend_calls == []
-    assert delayed(sqs, local_aws) == 1
+    assert delayed() == 1

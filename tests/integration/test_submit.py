@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 from collections.abc import Callable, Sequence
@@ -14,6 +15,8 @@ import pytest
 from resender.cli.submit import Entry, Notification, Refused, publish
 from resender.events import Delivery, MessageIdParser, Notice
 from resender.local.aws import LocalResources
+from tests.builders import written
+from tests.conftest import drain
 from tests.integration.cli_runs import Run, RunCommand, run_command
 
 ID = 1746061653596
@@ -34,20 +37,7 @@ def run(capsys: pytest.CaptureFixture[str], local_aws: LocalResources) -> RunCom
 @pytest.fixture
 def queued(local_aws: LocalResources) -> Queued:
     """Every message now in the source queue: body and attributes."""
-    client = boto3.client("sqs", endpoint_url=local_aws.endpoint_url)
-
-    def drain() -> list[dict[str, Any]]:
-        messages: list[dict[str, Any]] = []
-        while batch := client.receive_message(
-            QueueUrl=local_aws.queue_url,
-            MaxNumberOfMessages=10,
-            MessageAttributeNames=["All"],
-            VisibilityTimeout=60,
-        ).get("Messages", []):
-            messages.extend(dict(message) for message in batch)
-        return messages
-
-    return drain
+    return functools.partial(drain, local_aws, local_aws.queue_url)
 
 
 def bodies(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -57,11 +47,11 @@ def bodies(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def test_csv_export_with_nsadmin_id_and_carried_columns(
     run: RunCommand, local_aws: LocalResources, queued: Queued, tmp_path: Path
 ) -> None:
-    export = tmp_path / "messages.csv"
-    export.write_text(
+    export = written(
+        tmp_path / "messages.csv",
         "nsadmin_id,Channel,reason,sent_by,failedAt\n"
         f"{ID},SMS,SOFT_BOUNCED,campaign-7,2026-11-30T09:15:00Z\n"
-        f"{ID + 1},EMAIL,,campaign-7,\n"
+        f"{ID + 1},EMAIL,,campaign-7,\n",
     )
 
     result = run(str(export), "--queue-url", local_aws.queue_url)
@@ -81,8 +71,7 @@ def test_csv_export_with_nsadmin_id_and_carried_columns(
 def test_csv_id_column_is_chosen_by_option(
     run: RunCommand, local_aws: LocalResources, queued: Queued, tmp_path: Path
 ) -> None:
-    export = tmp_path / "report.csv"
-    export.write_text(f"id,communication\n7,{ID}\n8,{ID + 1}\n")
+    export = written(tmp_path / "report.csv", f"id,communication\n7,{ID}\n8,{ID + 1}\n")
 
     assert run(str(export), "--id-column", "communication", "--queue-url", local_aws.queue_url).code == 0
 
@@ -92,8 +81,7 @@ def test_csv_id_column_is_chosen_by_option(
 def test_csv_without_an_id_column_is_a_usage_error(
     run: RunCommand, local_aws: LocalResources, queued: Queued, tmp_path: Path
 ) -> None:
-    export = tmp_path / "report.csv"
-    export.write_text(f"customer,channel\n{ID},SMS\n")
+    export = written(tmp_path / "report.csv", f"customer,channel\n{ID},SMS\n")
 
     result = run(str(export), "--queue-url", local_aws.queue_url)
 
@@ -105,15 +93,15 @@ def test_csv_without_an_id_column_is_a_usage_error(
 def test_jsonl_with_bad_lines_reports_file_and_line_and_publishes_the_rest(
     run: RunCommand, local_aws: LocalResources, queued: Queued, tmp_path: Path
 ) -> None:
-    feed = tmp_path / "failures.jsonl"
-    feed.write_text(
+    feed = written(
+        tmp_path / "failures.jsonl",
         f'{{"messageId": {ID}, "orgId": 100737, "campaign": "otp"}}\n'
         "not json\n"
         '{"messageId": true}\n'
         "\n"
         f'{{"messageId": "{ID + 1}"}}\n'
         '{"messageId": "12ab"}\n'
-        f'{{"messageId": {ID}, "orgId": "x"}}\n'
+        f'{{"messageId": {ID}, "orgId": "x"}}\n',
     )
 
     result = run(str(feed), "--queue-url", local_aws.queue_url)
@@ -153,8 +141,7 @@ def test_plain_ids_from_stdin_with_duplicates_folded(
 def test_every_published_notification_is_one_the_function_accepts(
     run: RunCommand, local_aws: LocalResources, queued: Queued, tmp_path: Path
 ) -> None:
-    feed = tmp_path / "ids.txt"
-    feed.write_text(f"{ID}\n 00{ID + 1} \n")
+    feed = written(tmp_path / "ids.txt", f"{ID}\n 00{ID + 1} \n")
 
     assert run(str(feed), "--org", "100737", "--queue-url", local_aws.queue_url).code == 0
 
@@ -203,8 +190,7 @@ def test_a_dry_run_needs_no_target(
 ) -> None:
     monkeypatch.delenv("SOURCE_QUEUE_URL", raising=False)
     monkeypatch.delenv("FAILURE_TOPIC_ARN", raising=False)
-    feed = tmp_path / "ids.txt"
-    feed.write_text(f"{ID}\nnope\n")
+    feed = written(tmp_path / "ids.txt", f"{ID}\nnope\n")
 
     result = run(str(feed), "--dry-run")
 
