@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -177,37 +177,19 @@ class OutcomeStore:
         item is never overwritten), a live claim is IN_FLIGHT, and a vanished holder's claim turns UNCERTAIN.
         """
         now = self._clock()
-        attributes = outcome.attributes()
-        names = {"#status": "status"}
-        values: dict[str, PlainValue] = {
-            ":status": outcome.status,
-            ":retrying": Status.RETRYING,
-            ":zero": 0,
-            **self._stamp(now),
-        }
-        assignments = [
-            "#status = :status",
-            "attempts = if_not_exists(attempts, :zero)",
-            "createdAt = if_not_exists(createdAt, :now)",
-            "updatedAt = :now",
-            "expiresAt = :expires",
-        ]
-        for index, (name, value) in enumerate(attributes.items()):
-            names[f"#a{index}"] = name
-            values[f":a{index}"] = value
-            assignments.append(f"#a{index} = :a{index}")
-        removals = ["claimToken", "leaseExpiresAt"] + [
-            name for name in OPTIONAL_ATTRIBUTES if name not in attributes
-        ]
+        update = self._outcome_update(
+            outcome,
+            now,
+            also=["attempts = if_not_exists(attempts, :zero)", "createdAt = if_not_exists(createdAt, :now)"],
+            values={":retrying": Status.RETRYING, ":zero": 0},
+        )
         try:
             self._client.update_item(
                 TableName=self._table,
                 Key=_key(message_id),
-                UpdateExpression=f"SET {', '.join(assignments)} REMOVE {', '.join(removals)}",
                 ConditionExpression="attribute_not_exists(#status) OR #status = :retrying",
-                ExpressionAttributeNames=names,
-                ExpressionAttributeValues=to_item(values),
                 ReturnValuesOnConditionCheckFailure="ALL_OLD",
+                **update,
             )
         except ClientError as error:
             if _code(error) != "ConditionalCheckFailedException":
@@ -322,29 +304,42 @@ class OutcomeStore:
         return item_to_plain(item) if item else None
 
     def _settle_update(self, claim: Claim, outcome: Outcome) -> dict[str, Any]:
-        now = self._clock()
+        return {
+            "TableName": self._table,
+            "Key": _key(claim.message_id),
+            "ConditionExpression": "claimToken = :token",
+            **self._outcome_update(outcome, self._clock(), values={":token": claim.token}),
+        }
+
+    def _outcome_update(
+        self,
+        outcome: Outcome,
+        now: float,
+        *,
+        also: Sequence[str] = (),
+        values: Mapping[str, PlainValue],
+    ) -> dict[str, Any]:
+        """The update that writes ``outcome``: its status and attributes, with nothing left of the claim.
+
+        An attribute the outcome does not carry is removed, so that no answer of an earlier attempt (an
+        errorCode after a success, say) survives beside it. ``also`` and ``values`` add the caller's own
+        assignments and the values its condition reads.
+        """
         attributes = outcome.attributes()
         names = {"#status": "status"}
-        values: dict[str, PlainValue] = {
-            ":status": outcome.status,
-            **self._stamp(now),
-            ":token": claim.token,
-        }
-        assignments = ["#status = :status", "updatedAt = :now", "expiresAt = :expires"]
+        written: dict[str, PlainValue] = {":status": outcome.status, **self._stamp(now), **values}
+        assignments = ["#status = :status", *also, "updatedAt = :now", "expiresAt = :expires"]
         for index, (name, value) in enumerate(attributes.items()):
             names[f"#a{index}"] = name
-            values[f":a{index}"] = value
+            written[f":a{index}"] = value
             assignments.append(f"#a{index} = :a{index}")
         removals = ["claimToken", "leaseExpiresAt"] + [
             name for name in OPTIONAL_ATTRIBUTES if name not in attributes
         ]
         return {
-            "TableName": self._table,
-            "Key": _key(claim.message_id),
             "UpdateExpression": f"SET {', '.join(assignments)} REMOVE {', '.join(removals)}",
-            "ConditionExpression": "claimToken = :token",
             "ExpressionAttributeNames": names,
-            "ExpressionAttributeValues": to_item(values),
+            "ExpressionAttributeValues": to_item(written),
         }
 
     def _link(self, claim: Claim, resent_message_id: int) -> TransactWriteItemTypeDef:
