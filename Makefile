@@ -61,5 +61,5 @@ build:  ## sam build: the Lambda artefact under .aws-sam/
 fuzz: $(STAMP)  ## property-based fuzzing with FUZZ_EXAMPLES examples per property (default 10000)
 	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-10000} $(BIN)/python -m pytest tests/unit/test_fuzz.py tests/unit/test_classify.py -q -p no:cacheprovider --hypothesis-show-statistics
 
-bench: $(STAMP)  ## print throughput, request, cold-start and outage-storm figures (BENCH_ARGS=--storm: storm only)
+bench: $(STAMP)  ## print throughput, request, cold-start and storm figures (BENCH_ARGS=--storm, --power-tuning or --artefact: that alone)
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
