@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from bench import coldstart
-from bench.run import Servers, function_environment, servers
+from bench.harness import Servers, function_environment, machine, servers
 from bench.workload import IdAllocator
 
 ROOT: Final = Path(__file__).resolve().parent.parent
@@ -258,7 +258,6 @@ def measure(srv: Servers, memory_sizes: list[int], args: argparse.Namespace, quo
 
 
 def print_header(args: argparse.Namespace, quotas: CpuQuotas) -> None:
-    from bench.run import machine
 
     host = machine()
     print(f"  {host['cpus']} CPU(s), {host['cpu_model']}, Python {host['python']}, {host['system']}")

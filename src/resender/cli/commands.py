@@ -272,7 +272,6 @@ def _progress_bar(option: bool | None) -> ProgressBar | None:
 
 
 def demo(context: Context) -> int:
-    from resender.cli.main import main
     from resender.local.demo import run_demo
     from resender.local.tour import operator_tour
 
@@ -281,7 +280,9 @@ def demo(context: Context) -> int:
         return code
     print()
     print("Operator commands, against a fresh emulated stack fed with the same files:")
-    return operator_tour(context.args.events, main)
+    if context.run is None:
+        raise OperatorError("the operator tour needs the command's entry point")
+    return operator_tour(context.args.events, context.run)
 
 
 def local(context: Context) -> int:

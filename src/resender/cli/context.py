@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
@@ -32,9 +32,11 @@ FAILURE_TOPIC_ENV: Final = "FAILURE_TOPIC_ARN"
 class Context:
     args: argparse.Namespace
     environ: Mapping[str, str]
+    #: Runs a whole command line, as the entry point does (the demo's tour of the commands uses it).
+    run: Callable[[Sequence[str]], int] | None = None
 
     @classmethod
-    def of(cls, args: argparse.Namespace) -> Context:
+    def of(cls, args: argparse.Namespace, run: Callable[[Sequence[str]], int] | None = None) -> Context:
         """The process environment, with a deployed stack's values over it when ``--stack-name`` is given."""
         environ = dict(os.environ)
         if stack_name := getattr(args, "stack_name", None):
@@ -42,7 +44,7 @@ class Context:
 
             target = aws_target(args)
             environ.update(stack_environment(target.session(), stack_name, target.endpoint_url))
-        return cls(args, environ)
+        return cls(args, environ, run)
 
     @property
     def target(self) -> AwsTarget:

@@ -40,7 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     context: Context | None = None
     try:
-        context = Context.of(args)
+        context = Context.of(args, run=main)
         with _function_logs(verbose=getattr(args, "verbose", False)):
             return COMMANDS[args.command](context)
     except NotFoundError as error:
