@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 import uuid
@@ -9,6 +10,8 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
+
+from resender.aws import AwsClients
 
 QUEUE_ARN = "arn:aws:sqs:us-east-1:123456789012:communication-failures"
 TOPIC_ARN = "arn:aws:sns:us-east-1:123456789012:communication-failures"
@@ -128,3 +131,10 @@ def written(path: Path, text: str) -> Path:
 def event_file(path: Path, event: dict[str, Any]) -> Path:
     """``path``, now holding ``event`` as JSON, as ``sam local invoke`` and ``resender invoke`` read it."""
     return written(path, json.dumps(event))
+
+
+@functools.cache
+def idle_aws_clients() -> AwsClients:
+    """One set of AWS clients for every container whose handler never calls AWS (its store, queues and
+    Capillary are fakes): a set takes about 0.2 s to build, and the fuzz tests build thousands of containers."""
+    return AwsClients()

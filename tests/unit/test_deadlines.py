@@ -19,13 +19,12 @@ import pytest
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from resender import app
-from resender.aws import AwsClients
 from resender.local.runner import LocalContext
 from resender.models import ResendResult, Verdict
 from resender.observability import MetricName
 from resender.processor import DEADLINE_SAFETY_SECONDS, VISIBILITY_MARGIN_SECONDS, Resender
 from resender.settings import StartupCheck
-from tests.builders import QUEUE_ARN, failure, sqs_record
+from tests.builders import QUEUE_ARN, failure, idle_aws_clients, sqs_record
 from tests.clock import FakeClock
 from tests.unit.test_processor import FakeQueues, FakeStore, delivery, make_settings
 
@@ -129,7 +128,7 @@ def invoke(
         clock=clock,
     )
     # Real clients, never called: the handler reaches AWS only through the fakes inside the resender.
-    app.reset_container(app.Container(settings, AwsClients(), resender, StartupCheck(settings)))
+    app.reset_container(app.Container(settings, idle_aws_clients(), resender, StartupCheck(settings)))
     ends_at = clock() + time_left
     capsys.readouterr()
     context = cast("LambdaContext", SimulatedContext(clock=clock, ends_at=ends_at))

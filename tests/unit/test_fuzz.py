@@ -40,7 +40,6 @@ from urllib3.exceptions import ProtocolError
 
 from resender import app, ports
 from resender import queues as sqs_queues
-from resender.aws import AwsClients
 from resender.capillary import TOKEN_PATH, CapillaryClient, build_session
 from resender.credentials import BasicCredentials, CachedCredentials, OAuthCredentials
 from resender.local.runner import LocalContext
@@ -48,7 +47,7 @@ from resender.models import ResendResult, Status, Verdict
 from resender.processor import Resender
 from resender.settings import Settings, StartupCheck
 from resender.store import Claim, ClaimResult, ClaimState, Outcome, StoreError
-from tests.builders import QUEUE_ARN, TOPIC_ARN, sqs_record
+from tests.builders import QUEUE_ARN, TOPIC_ARN, idle_aws_clients, sqs_record
 from tests.clock import FakeClock
 
 FUZZ_EXAMPLES: Final = int(os.environ.get("FUZZ_EXAMPLES", "0") or 0)
@@ -431,7 +430,7 @@ def run_handler(
         queues=queues,
         executor=pool,
     )
-    app.reset_container(app.Container(SETTINGS, AwsClients(), resender, StartupCheck(SETTINGS)))
+    app.reset_container(app.Container(SETTINGS, idle_aws_clients(), resender, StartupCheck(SETTINGS)))
     response = app.lambda_handler({"Records": records}, cast("LambdaContext", LocalContext(30)))
     return response, capillary, queues
 
@@ -798,7 +797,7 @@ def test_any_answers_from_capillary_never_resend_twice_never_raise_never_log_a_c
         queues=Queues(delay_fails=False),
         executor=pool,
     )
-    app.reset_container(app.Container(SETTINGS, AwsClients(), resender, StartupCheck(SETTINGS)))
+    app.reset_container(app.Container(SETTINGS, idle_aws_clients(), resender, StartupCheck(SETTINGS)))
     lines_before = len(log_lines)
     pending = [record_of(json.dumps({"messageId": BASE_FUZZ_ID + i}), 1) for i in ids]
 
