@@ -229,10 +229,7 @@ class SharedPacer:
             return Refusal(org, HoldReason.LIMITED, hold, "Capillary asked to wait (Retry-After)")
         if now - seen.at >= self._config.cache_seconds:
             return None
-        open_until = seen.item.get("openUntil")
-        if open_until is not None and open_until / 1000 > now:
-            return _open(org, open_until)
-        # tat only ever moves forward, so a slot seen taken a moment ago is still taken: no write needed.
+        # An open breaker or a taken slot seen a moment ago still holds (tat only moves forward): no write.
         return self._refusal_from(org, seen.item, now, max_wait)
 
     def _try_grant(
