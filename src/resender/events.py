@@ -247,10 +247,10 @@ def _sqs_delivery(record: Mapping[str, Any]) -> Delivery:
     receive_count = _digits(attributes.get("ApproximateReceiveCount")) or 1
     raw_group = attributes.get("MessageGroupId")
     group_id = str(raw_group) if raw_group is not None else None
-    sent_ms = _digits(attributes.get("SentTimestamp"))
+    sent_at = parse_time(attributes.get("SentTimestamp"))
     message_attributes = _message_attributes(record.get("messageAttributes"))
     values = {name: value for name, _, value in message_attributes}
-    first_seen_ms = _digits(values.get(FIRST_SEEN_ATTRIBUTE)) or sent_ms
+    first_seen_ms = _digits(values.get(FIRST_SEEN_ATTRIBUTE))
     body = record.get("body")
     return Delivery(
         record_id=str(record.get("messageId", "")),
@@ -258,10 +258,10 @@ def _sqs_delivery(record: Mapping[str, Any]) -> Delivery:
         receive_count=max(receive_count, 1),
         receipt_handle=record.get("receiptHandle"),
         source_arn=record.get("eventSourceARN"),
-        sent_at=parse_time(attributes.get("SentTimestamp")) if isinstance(attributes, Mapping) else None,
+        sent_at=sent_at,
         message_group_id=group_id,
         deferrals=_digits(values.get(DEFERRALS_ATTRIBUTE)) or 0,
-        first_seen_at=first_seen_ms / 1000 if first_seen_ms else None,
+        first_seen_at=first_seen_ms / 1000 if first_seen_ms else sent_at,
         message_attributes=message_attributes,
     )
 
