@@ -502,20 +502,15 @@ class Resender:
         except StoreError as error:
             return self._unrecorded(report, Outcome(Status.RETRYING, error_message=why), str(error))
         report.reason = f"held back ({why}); deferral {deferrals}, next attempt in {delay:.0f} s"
-        copyable = (
-            delivery.receipt_handle is not None
-            and delivery.source_arn is not None
-            and delivery.source_arn.startswith("arn:aws:sqs")
-            and not _from_fifo_queue(delivery)
-        )
-        if copyable and delivery.source_arn is not None:
+        queue_arn = _sqs_queue_arn(delivery)
+        if queue_arn is not None and delivery.receipt_handle is not None and not _from_fifo_queue(delivery):
             pacing_attributes = {
                 DEFERRALS_ATTRIBUTE: str(deferrals),
                 FIRST_SEEN_ATTRIBUTE: str(int(first_seen * 1000)),
             }
             try:
                 self._queues.enqueue_copy(
-                    delivery.source_arn, delivery.body, delay, pacing_attributes, delivery.message_attributes
+                    queue_arn, delivery.body, delay, pacing_attributes, delivery.message_attributes
                 )
                 return report
             except QueueError as error:
@@ -649,13 +644,12 @@ class Resender:
 
     def _schedule_retry(self, report: RecordReport) -> None:
         delivery = report.delivery
-        if not (
-            delivery.receipt_handle and delivery.source_arn and delivery.source_arn.startswith("arn:aws:sqs")
-        ):
+        queue_arn = _sqs_queue_arn(delivery)
+        if queue_arn is None or not delivery.receipt_handle:
             return
         try:
             delay = self.backoff_seconds(delivery.receive_count, report.min_delay_seconds)
-            self._queues.delay(delivery.source_arn, delivery.receipt_handle, delay)
+            self._queues.delay(queue_arn, delivery.receipt_handle, delay)
         except Exception as error:
             # The record is still reported for retry; it just comes back after the queue's own timeout.
             detail = str(error) if isinstance(error, QueueError) else f"unexpected {type(error).__name__}"
@@ -730,12 +724,14 @@ def credible_outcome(outcome: Outcome, message_id: int) -> Outcome:
     )
 
 
+def _sqs_queue_arn(delivery: Delivery) -> str | None:
+    """The ARN of the SQS queue the record came from; None for SNS or a hand-made event."""
+    arn = delivery.source_arn
+    return arn if arn and arn.startswith("arn:aws:sqs") else None
+
+
 def _from_fifo_queue(delivery: Delivery) -> bool:
-    return delivery.message_group_id is not None or bool(
-        delivery.source_arn
-        and delivery.source_arn.startswith("arn:aws:sqs")
-        and delivery.source_arn.endswith(".fifo")
-    )
+    return delivery.message_group_id is not None or (_sqs_queue_arn(delivery) or "").endswith(".fifo")
 
 
 def _held_back(record: ParsedRecord, blocking: RecordReport) -> RecordReport:
