@@ -3,6 +3,7 @@ environment for them, and a description of the machine the figures come from."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import platform
@@ -94,6 +95,13 @@ def function_environment(ready: dict[str, Any]) -> dict[str, str]:
         "POWERTOOLS_METRICS_DISABLED": "true",
         "POWERTOOLS_LOG_LEVEL": "WARNING",
     }
+
+
+class Discard(io.TextIOBase):
+    """A stream that takes what the handlers print and keeps none of it, however many lines they print."""
+
+    def write(self, text: str) -> int:
+        return len(text)
 
 
 # -- machine -----------------------------------------------------------------------------------------

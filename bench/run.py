@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import io
 import json
 import os
 import statistics
@@ -31,7 +30,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from bench import coldstart, counting, storm
-from bench.harness import Servers, function_environment, load_average, machine, servers
+from bench.harness import Discard, Servers, function_environment, load_average, machine, servers
 from bench.workload import Context, IdAllocator, failed_records, sqs_event
 
 Handler = Callable[[dict[str, Any], Any], Any]
@@ -56,18 +55,13 @@ class Invocation:
     error: str | None = None
 
 
-class _Discard(io.TextIOBase):
-    def write(self, text: str) -> int:
-        return len(text)
-
-
 def invoke(handler: Handler, message_ids: list[int]) -> Invocation:
     event = sqs_event(message_ids)  # built outside the timed span
     wall, cpu = time.perf_counter(), time.process_time()
     try:
         # Powertools prints the baseline's ColdStart metric even with metrics disabled; nothing else reaches
         # stdout. Loggers keep their own stream, so warnings and errors still show.
-        with contextlib.redirect_stdout(_Discard()):
+        with contextlib.redirect_stdout(Discard()):
             response = handler(event, Context())
     except Exception as error:
         return Invocation(

@@ -32,6 +32,7 @@ from typing import Any, Final
 
 import boto3
 
+from bench.harness import Discard
 from bench.workload import Context, IdAllocator
 from resender.dynamodb_codec import item_numbers
 from resender.local.aws import lambda_record
@@ -396,14 +397,6 @@ def _outage_figures(result: StormResult, outage: Outage, calls: CallLog) -> None
 # -- the whole benchmark -----------------------------------------------------------------------------------
 
 
-class _Discard:
-    def write(self, text: str) -> int:
-        return len(text)
-
-    def flush(self) -> None:
-        return None
-
-
 @contextmanager
 def quiet() -> Iterator[None]:
     """Keep the storm's thousands of WARNING lines (every held-back record logs one) off the report."""
@@ -415,7 +408,7 @@ def quiet() -> Iterator[None]:
     previous = logger.log_level
     logger.setLevel("CRITICAL")
     try:
-        with contextlib.redirect_stdout(_Discard()):  # type: ignore[type-var]
+        with contextlib.redirect_stdout(Discard()):
             yield
     finally:
         logger.setLevel(previous)

@@ -26,7 +26,6 @@ class BuildError(Exception):
 
 
 HERE = Path(__file__).resolve().parent
-HANDLER_MODULE = "resender.app"
 
 
 def runtime_modules(source: Path = HERE) -> list[Path]:

@@ -169,12 +169,8 @@ def redrive(
                 if on_progress:
                     on_progress(result)
     except (BotoCoreError, ClientError) as error:
-        queues.release(sqs, dlq_url, held.values())
         raise RedriveInterruptedError(result, aws_failure(error)) from None
-    except BaseException:
-        queues.release(
-            sqs, dlq_url, held.values()
-        )  # Ctrl-C: hand the messages back now, not after their timeout
-        raise
-    queues.release(sqs, dlq_url, held.values())
+    finally:
+        # Also on Ctrl-C: the messages go back now, not after their visibility timeout.
+        queues.release(sqs, dlq_url, held.values())
     return result

@@ -136,16 +136,17 @@ def lambda_record(message: Mapping[str, Any], queue_arn: str) -> dict[str, Any]:
     """A message received from the emulated queue, as the SQS event source mapping hands it to the function.
 
     ``message`` is one of ``receive_message``'s ``Messages``, received with ``AttributeNames=["All"]`` and
-    ``MessageAttributeNames=["All"]`` for the receive count, sent time and attributes to be the queue's own.
+    ``MessageAttributeNames=["All"]`` for the receive count, sent time, FIFO group and attributes to be the
+    queue's own.
     """
-    attributes = message.get("Attributes", {})
     return {
         "messageId": message["MessageId"],
         "receiptHandle": message["ReceiptHandle"],
         "body": message["Body"],
         "attributes": {
-            "ApproximateReceiveCount": attributes.get("ApproximateReceiveCount", "1"),
-            "SentTimestamp": attributes.get("SentTimestamp", str(int(time.time() * 1000))),
+            "ApproximateReceiveCount": "1",
+            "SentTimestamp": str(int(time.time() * 1000)),
+            **message.get("Attributes", {}),
         },
         "messageAttributes": {
             name: {"stringValue": value.get("StringValue"), "dataType": value.get("DataType")}
@@ -154,7 +155,7 @@ def lambda_record(message: Mapping[str, Any], queue_arn: str) -> dict[str, Any]:
         "md5OfBody": message.get("MD5OfBody", ""),
         "eventSource": "aws:sqs",
         "eventSourceARN": queue_arn,
-        "awsRegion": REGION,
+        "awsRegion": queue_arn.split(":")[3],
     }
 
 

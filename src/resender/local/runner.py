@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, cast
 if TYPE_CHECKING:
     from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from resender.local.aws import LocalResources, MotoServer, patched_environ, provision
+from resender.local.aws import LocalResources, MotoServer, lambda_record, patched_environ, provision
 from resender.local.stub import ORG_ID, CapillaryStub
 
 #: Credentials the local stub accepts; the demo stores them in the emulated Secrets Manager.
@@ -141,22 +141,7 @@ def is_env_vars_file(document: dict[str, Any]) -> bool:
 def sqs_event(messages: Sequence[Mapping[str, Any]], queue_arn: str) -> dict[str, Any]:
     """The event Lambda's SQS event source mapping would hand the function for ``messages`` (as
     ReceiveMessage returns them, with ``AttributeNames=["All"]``)."""
-    return {
-        "Records": [
-            {
-                "messageId": message["MessageId"],
-                "receiptHandle": message["ReceiptHandle"],
-                "body": message["Body"],
-                "attributes": message.get("Attributes", {}),
-                "messageAttributes": {},
-                "md5OfBody": message.get("MD5OfBody", ""),
-                "eventSource": "aws:sqs",
-                "eventSourceARN": queue_arn,
-                "awsRegion": queue_arn.split(":")[3],
-            }
-            for message in messages
-        ]
-    }
+    return {"Records": [lambda_record(message, queue_arn) for message in messages]}
 
 
 def invoke(event: dict[str, Any], event_file: str = "<event>", timeout_seconds: float = 180.0) -> Invocation:
