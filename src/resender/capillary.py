@@ -16,7 +16,6 @@ import math
 import ssl
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import PurePath
@@ -86,7 +85,6 @@ CONNECT_BACKOFF_FACTOR: Final = 0.1
 MIN_TOKEN_READ_SECONDS: Final = 0.5
 MIN_SOCKET_TIMEOUT_SECONDS: Final = 0.01
 MAX_TOKEN_CHARS: Final = 8 * 1024
-PREVIOUS_TOKENS_KEPT: Final = 2
 
 
 class TokenError(ResenderError):
@@ -181,8 +179,6 @@ class CapillaryClient:
         self._clock = clock
         self._token_lock = threading.Lock()
         self._token: _Token | None = None
-        # Tokens replaced lately: a slow answer to a request made with one may still echo it.
-        self._previous_tokens: deque[str] = deque(maxlen=PREVIOUS_TOKENS_KEPT)
 
     @property
     def request_seconds(self) -> float:
@@ -238,7 +234,7 @@ class CapillaryClient:
                 )
             return ResendResult(Verdict.TRANSIENT, error_message=str(error))
         try:
-            result = self._post_resend(message_id, headers, deadline, self._secrets_of(cached))
+            result = self._post_resend(message_id, headers, deadline, _secrets_of(cached, token))
         except _NotSentError as not_sent:
             if token is None:
                 return ResendResult(Verdict.TRANSIENT, error_message=f"{not_sent}: the request was not sent")
@@ -262,12 +258,6 @@ class CapillaryClient:
                 "the request was not sent"
             )
 
-    def _secrets_of(self, cached: CachedCredentials) -> tuple[str, ...]:
-        with self._token_lock:
-            tokens = [token for token in (self._token.value if self._token else None,) if token]
-            tokens.extend(self._previous_tokens)
-        return (*cached.credentials.secret_values(), *tokens)
-
     # -- OAuth --------------------------------------------------------------------------------------------
 
     def _auth_headers(
@@ -289,18 +279,13 @@ class CapillaryClient:
                 minimum = self._connect_budget + min(self._read_timeout / 2, MIN_TOKEN_READ_SECONDS)
                 self._require(token_deadline, minimum, "to request an OAuth token")
                 token = self._generate_token(credentials, generation, token_deadline)
-                self._replace_token(token)
+                self._token = token
             return token
-
-    def _replace_token(self, token: _Token | None) -> None:
-        if self._token is not None:
-            self._previous_tokens.append(self._token.value)
-        self._token = token
 
     def _forget_token(self, token: _Token | None) -> None:
         with self._token_lock:
             if token is not None and self._token is token:
-                self._replace_token(None)
+                self._token = None
 
     def _generate_token(self, credentials: OAuthCredentials, generation: int, deadline: float) -> _Token:
         payload = {"key": credentials.client_key, "secret": credentials.client_secret}
@@ -468,6 +453,12 @@ def _read_capped(
     finally:
         if not released:
             response.close()
+
+
+def _secrets_of(cached: CachedCredentials, token: _Token | None) -> tuple[str, ...]:
+    """What an answer may echo of its request: the credentials, and the token that request carried."""
+    sent = () if token is None else (token.value,)
+    return (*cached.credentials.secret_values(), *sent)
 
 
 def _valid_header_text(value: str) -> bool:
