@@ -11,7 +11,6 @@ use, so that Capillary's text is scrubbed of them where it enters.
 
 from __future__ import annotations
 
-import json
 import math
 import ssl
 import threading
@@ -38,8 +37,10 @@ from resender.classify import (
     REQUEST_ID_HEADER,
     Unreadable,
     classify,
+    clean_text,
     error_entries,
     first_code,
+    read_document,
 )
 from resender.credentials import (
     BasicCredentials,
@@ -214,7 +215,9 @@ class CapillaryClient:
             return self._attempt(message_id, deadline)
         except _NoTimeError:
             note = "; no second attempt: it would not fit in the time left"
-            return replace(result, error_message=_clip(f"{result.error_message}{note}", self._max_text))
+            return replace(
+                result, error_message=clean_text(f"{result.error_message}{note}", (), self._max_text)
+            )
 
     # -- one attempt --------------------------------------------------------------------------------------
 
@@ -299,7 +302,7 @@ class CapillaryClient:
             raise TokenError(
                 f"OAuth token request failed: {type(error).__name__}", auth_failed=False
             ) from None
-        body = _json_or_none(content)
+        body, _ = read_document(content)
         errors = error_entries(body)
         data = body.get("data") if isinstance(body, dict) else None
         access_token = data.get("accessToken") if isinstance(data, dict) else None
@@ -529,20 +532,3 @@ def _tls_failed_before_sending(error: requests.exceptions.SSLError) -> bool:
             return True
         frame = frame.tb_next
     return False
-
-
-def _json_or_none(content: bytes | Unreadable) -> Any:
-    if isinstance(content, Unreadable):
-        return None
-    try:
-        return json.loads(content)
-    except (ValueError, RecursionError):
-        return None
-
-
-def _clip(text: str | None, limit: int) -> str | None:
-    if text is None:
-        return None
-    # JSON can spell a lone surrogate (\ud800) that no UTF-8 store or log accepts: replace it before use.
-    text = text.encode("utf-8", errors="replace").decode("utf-8")
-    return text if len(text) <= limit else text[: limit - 3] + "..."
