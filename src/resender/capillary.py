@@ -427,9 +427,6 @@ def _read_capped(
     released = False
     try:
         raw = response.raw
-        if raw is None:  # a response built without a stream (a test double): it is all in memory already
-            content = response.content
-            return content if len(content) <= MAX_RESPONSE_BYTES else OVER_THE_CAP
         sock = getattr(getattr(raw, "_connection", None), "sock", None)
         chunks: list[bytes] = []
         size = 0
