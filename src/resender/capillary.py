@@ -236,6 +236,8 @@ class CapillaryClient:
                     Verdict.AUTH_FAILED, error_code=error.error_code, error_message=str(error)
                 )
             return ResendResult(Verdict.TRANSIENT, error_message=str(error))
+        # Reading the secret, or waiting while another thread fetches the token, may have used that time.
+        self._require(deadline, self.request_seconds, "to send the resend and wait for its answer")
         try:
             result = self._post_resend(message_id, headers, deadline, _secrets_of(cached, token))
         except _NotSentError as not_sent:
