@@ -134,7 +134,7 @@ def classify(
         return result(Verdict.NOT_FOUND, message, NOT_FOUND_CODE)
     if status in AUTH_STATUSES or codes & AUTH_CODES:
         return result(Verdict.AUTH_FAILED, message or f"HTTP {status}", code or status)
-    if status == 429 or status >= 500 or status in TRANSIENT_CODES or codes & TRANSIENT_CODES:
+    if status >= 500 or status in TRANSIENT_CODES or codes & TRANSIENT_CODES:
         return result(Verdict.TRANSIENT, message or f"HTTP {status}", code or status)
     if status == 400 or REJECTED_CODE in codes:
         return result(Verdict.REJECTED, message or "HTTP 400", REJECTED_CODE)
