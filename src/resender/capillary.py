@@ -11,12 +11,10 @@ use, so that Capillary's text is scrubbed of them where it enters.
 
 from __future__ import annotations
 
-import json
 import math
 import ssl
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import PurePath
@@ -39,8 +37,10 @@ from resender.classify import (
     REQUEST_ID_HEADER,
     Unreadable,
     classify,
+    clean_text,
     error_entries,
     first_code,
+    read_document,
 )
 from resender.credentials import (
     BasicCredentials,
@@ -86,7 +86,6 @@ CONNECT_BACKOFF_FACTOR: Final = 0.1
 MIN_TOKEN_READ_SECONDS: Final = 0.5
 MIN_SOCKET_TIMEOUT_SECONDS: Final = 0.01
 MAX_TOKEN_CHARS: Final = 8 * 1024
-PREVIOUS_TOKENS_KEPT: Final = 2
 
 
 class TokenError(ResenderError):
@@ -181,8 +180,6 @@ class CapillaryClient:
         self._clock = clock
         self._token_lock = threading.Lock()
         self._token: _Token | None = None
-        # Tokens replaced lately: a slow answer to a request made with one may still echo it.
-        self._previous_tokens: deque[str] = deque(maxlen=PREVIOUS_TOKENS_KEPT)
 
     @property
     def request_seconds(self) -> float:
@@ -218,7 +215,9 @@ class CapillaryClient:
             return self._attempt(message_id, deadline)
         except _NoTimeError:
             note = "; no second attempt: it would not fit in the time left"
-            return replace(result, error_message=_clip(f"{result.error_message}{note}", self._max_text))
+            return replace(
+                result, error_message=clean_text(f"{result.error_message}{note}", (), self._max_text)
+            )
 
     # -- one attempt --------------------------------------------------------------------------------------
 
@@ -237,8 +236,10 @@ class CapillaryClient:
                     Verdict.AUTH_FAILED, error_code=error.error_code, error_message=str(error)
                 )
             return ResendResult(Verdict.TRANSIENT, error_message=str(error))
+        # Reading the secret, or waiting while another thread fetches the token, may have used that time.
+        self._require(deadline, self.request_seconds, "to send the resend and wait for its answer")
         try:
-            result = self._post_resend(message_id, headers, deadline, self._secrets_of(cached))
+            result = self._post_resend(message_id, headers, deadline, _secrets_of(cached, token))
         except _NotSentError as not_sent:
             if token is None:
                 return ResendResult(Verdict.TRANSIENT, error_message=f"{not_sent}: the request was not sent")
@@ -262,12 +263,6 @@ class CapillaryClient:
                 "the request was not sent"
             )
 
-    def _secrets_of(self, cached: CachedCredentials) -> tuple[str, ...]:
-        with self._token_lock:
-            tokens = [token for token in (self._token.value if self._token else None,) if token]
-            tokens.extend(self._previous_tokens)
-        return (*cached.credentials.secret_values(), *tokens)
-
     # -- OAuth --------------------------------------------------------------------------------------------
 
     def _auth_headers(
@@ -289,18 +284,13 @@ class CapillaryClient:
                 minimum = self._connect_budget + min(self._read_timeout / 2, MIN_TOKEN_READ_SECONDS)
                 self._require(token_deadline, minimum, "to request an OAuth token")
                 token = self._generate_token(credentials, generation, token_deadline)
-                self._replace_token(token)
+                self._token = token
             return token
-
-    def _replace_token(self, token: _Token | None) -> None:
-        if self._token is not None:
-            self._previous_tokens.append(self._token.value)
-        self._token = token
 
     def _forget_token(self, token: _Token | None) -> None:
         with self._token_lock:
             if token is not None and self._token is token:
-                self._replace_token(None)
+                self._token = None
 
     def _generate_token(self, credentials: OAuthCredentials, generation: int, deadline: float) -> _Token:
         payload = {"key": credentials.client_key, "secret": credentials.client_secret}
@@ -314,7 +304,7 @@ class CapillaryClient:
             raise TokenError(
                 f"OAuth token request failed: {type(error).__name__}", auth_failed=False
             ) from None
-        body = _json_or_none(content)
+        body, _ = read_document(content)
         errors = error_entries(body)
         data = body.get("data") if isinstance(body, dict) else None
         access_token = data.get("accessToken") if isinstance(data, dict) else None
@@ -439,9 +429,6 @@ def _read_capped(
     released = False
     try:
         raw = response.raw
-        if raw is None:  # a response built without a stream (a test double): it is all in memory already
-            content = response.content
-            return content if len(content) <= MAX_RESPONSE_BYTES else OVER_THE_CAP
         sock = getattr(getattr(raw, "_connection", None), "sock", None)
         chunks: list[bytes] = []
         size = 0
@@ -468,6 +455,12 @@ def _read_capped(
     finally:
         if not released:
             response.close()
+
+
+def _secrets_of(cached: CachedCredentials, token: _Token | None) -> tuple[str, ...]:
+    """What an answer may echo of its request: the credentials, and the token that request carried."""
+    sent = () if token is None else (token.value,)
+    return (*cached.credentials.secret_values(), *sent)
 
 
 def _valid_header_text(value: str) -> bool:
@@ -538,20 +531,3 @@ def _tls_failed_before_sending(error: requests.exceptions.SSLError) -> bool:
             return True
         frame = frame.tb_next
     return False
-
-
-def _json_or_none(content: bytes | Unreadable) -> Any:
-    if isinstance(content, Unreadable):
-        return None
-    try:
-        return json.loads(content)
-    except (ValueError, RecursionError):
-        return None
-
-
-def _clip(text: str | None, limit: int) -> str | None:
-    if text is None:
-        return None
-    # JSON can spell a lone surrogate (\ud800) that no UTF-8 store or log accepts: replace it before use.
-    text = text.encode("utf-8", errors="replace").decode("utf-8")
-    return text if len(text) <= limit else text[: limit - 3] + "..."

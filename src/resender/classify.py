@@ -65,7 +65,7 @@ def classify(
     max_text_chars: int = 512,
 ) -> ResendResult:
     """Read one answer to ``POST /v2/communications/resend``; ``latency_ms`` is left to the caller."""
-    request_id = _clean(_header(headers, REQUEST_ID_HEADER), secrets, MAX_REQUEST_ID_CHARS)
+    request_id = clean_text(_header(headers, REQUEST_ID_HEADER), secrets, MAX_REQUEST_ID_CHARS)
     retry_after = _retry_after(_header(headers, "Retry-After"))
     success = 200 <= status < 300
 
@@ -74,12 +74,12 @@ def classify(
             verdict,
             request_id=request_id,
             error_code=code,
-            error_message=_clean(message, secrets, max_text_chars),
+            error_message=clean_text(message, secrets, max_text_chars),
             http_status=status,
             retry_after_seconds=retry_after,
         )
 
-    document, unreadable = _document(body)
+    document, unreadable = read_document(body)
     errors = error_entries(document)
     message = _first_message(errors)
     code = first_code(errors)
@@ -134,7 +134,7 @@ def classify(
         return result(Verdict.NOT_FOUND, message, NOT_FOUND_CODE)
     if status in AUTH_STATUSES or codes & AUTH_CODES:
         return result(Verdict.AUTH_FAILED, message or f"HTTP {status}", code or status)
-    if status == 429 or status >= 500 or status in TRANSIENT_CODES or codes & TRANSIENT_CODES:
+    if status >= 500 or status in TRANSIENT_CODES or codes & TRANSIENT_CODES:
         return result(Verdict.TRANSIENT, message or f"HTTP {status}", code or status)
     if status == 400 or REJECTED_CODE in codes:
         return result(Verdict.REJECTED, message or "HTTP 400", REJECTED_CODE)
@@ -146,7 +146,7 @@ def classify(
     return result(Verdict.UNCERTAIN, "success answer without a resentMessageId")
 
 
-def _document(body: bytes | Unreadable) -> tuple[Any, str]:
+def read_document(body: bytes | Unreadable) -> tuple[Any, str]:
     """The parsed body (None when it is not JSON) and, for a body that is not an object, why."""
     if isinstance(body, Unreadable):
         return None, body.reason
@@ -221,7 +221,8 @@ def _retry_after(value: str | None) -> float | None:
     return min(max(seconds, 0.0), 43_200.0)
 
 
-def _clean(text: str | None, secrets: Collection[str], limit: int) -> str | None:
+def clean_text(text: str | None, secrets: Collection[str], limit: int) -> str | None:
+    """``text`` as valid Unicode, without ``secrets``, and at most ``limit`` characters long."""
     if text is None:
         return None
     # JSON can spell a lone surrogate (\ud800) that no UTF-8 store or log accepts: replace it before use.

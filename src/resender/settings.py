@@ -141,9 +141,9 @@ def _required(env: Mapping[str, str], name: str) -> str:
 
 
 def _base_url(env: Mapping[str, str], name: str) -> str:
-    raw = _required(env, name)
-    if raw.startswith("<"):  # unset, and already reported
-        return raw
+    raw = env.get(name, "").strip()
+    if not raw:
+        return _required(env, name)
     try:
         return validate_base_url(raw)
     except ConfigurationError as error:

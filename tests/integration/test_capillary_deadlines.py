@@ -23,7 +23,7 @@ from resender.capillary import (
     build_session,
     resend_budget_seconds,
 )
-from resender.credentials import BasicCredentials, Credentials
+from resender.credentials import BasicCredentials, CachedCredentials, Credentials
 from resender.local.stub import TOKEN_FLAWS, Behaviour, CapillaryStub
 from resender.models import Status, Verdict
 from resender.processor import DEADLINE_SAFETY_SECONDS
@@ -198,6 +198,40 @@ def test_a_token_request_that_would_not_leave_room_for_the_resend_is_not_made(st
     assert result.verdict is Verdict.TRANSIENT
     assert stub.token_requests == 0
     assert stub.resend_calls == []
+
+
+class SlowCredentials(FakeCredentials):
+    """A secret whose read takes ``read_seconds`` of the client's clock, as a slow Secrets Manager would."""
+
+    def __init__(self, credentials: Credentials, clock: FakeClock) -> None:
+        super().__init__(credentials)
+        self.clock = clock
+        self.read_seconds = 0.0
+
+    def get(self) -> CachedCredentials:
+        self.clock.advance(self.read_seconds)
+        return super().get()
+
+
+@pytest.mark.parametrize("credentials", [BASIC, OAUTH], ids=["basic", "oauth"])
+@pytest.mark.parametrize("read_share", [0.5, 2.0], ids=["most-of-the-time", "past-the-deadline"])
+def test_a_slow_secret_read_that_leaves_no_time_for_the_answer_means_nothing_is_sent(
+    stub: CapillaryStub, credentials: Credentials, read_share: float
+) -> None:
+    clock = FakeClock()
+    slow = SlowCredentials(credentials, clock)
+    client = make_client(stub.base_url, slow, clock=clock)
+    assert client.resend(MESSAGE_ID + 1).verdict is Verdict.RESENT  # a warm client: any token is cached
+    calls_before = len(stub.resend_calls)
+    slow.read_seconds = client.request_seconds * read_share
+
+    # Room for one and a third requests at the start: the secret read takes half of it, or more than all.
+    result = client.resend(MESSAGE_ID, deadline=clock() + client.request_seconds * 4 / 3)
+
+    assert result.verdict is Verdict.TRANSIENT
+    assert result.error_message is not None
+    assert "not sent" in result.error_message
+    assert len(stub.resend_calls) == calls_before
 
 
 @pytest.mark.parametrize("credentials", [BASIC, OAUTH], ids=["basic", "oauth"])

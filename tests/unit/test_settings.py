@@ -216,6 +216,7 @@ def test_accepted_base_urls(url: str, expected: str) -> None:
         "http://:8080",
         "https://eu.api.capillarytech.com/?region=eu",
         "https://eu.api.capillarytech.com/#frag",
+        "<https://eu.api.capillarytech.com>",
     ],
 )
 def test_rejected_base_urls(url: str) -> None:
