@@ -121,7 +121,7 @@ class OutcomeStore:
     def _stamp(self, now: float) -> dict[str, PlainValue]:
         # Every write refreshes the item's time and its expiry, so an item lives ``ttl_seconds`` after its
         # last change, not after its first.
-        return {":now": _iso(now), ":expires": int(now) + self._ttl}
+        return {":now": timestamp(now), ":expires": int(now) + self._ttl}
 
     def claim(self, message_id: int, lease_seconds: float) -> ClaimResult:
         now = self._clock()
@@ -261,7 +261,10 @@ class OutcomeStore:
         The item becomes ``RETRYING`` again (any later delivery may claim it) and shows how often the message
         was held back and when it comes next, for ``resender status``.
         """
-        held_back: dict[str, PlainValue] = {"deferrals": deferrals, "nextAttemptAt": _iso(next_attempt_at)}
+        held_back: dict[str, PlainValue] = {
+            "deferrals": deferrals,
+            "nextAttemptAt": timestamp(next_attempt_at),
+        }
         try:
             self._close_claim(
                 claim.message_id, claim.token, Status.RETRYING, reason, self._clock(), also=held_back
@@ -548,7 +551,11 @@ def _key(message_id: int) -> dict[str, Any]:
     return {"messageId": {"N": str(message_id)}}
 
 
-def _iso(epoch_seconds: float) -> str:
+def timestamp(epoch_seconds: float) -> str:
+    """The one format of ``createdAt``, ``updatedAt`` and ``nextAttemptAt``: UTC, milliseconds, ``Z``.
+
+    Listing by time compares these strings, so every writer and reader of them uses this.
+    """
     return (
         datetime.fromtimestamp(epoch_seconds, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     )

@@ -8,6 +8,8 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, TextIO
 
+from resender.store import timestamp
+
 CELL_WIDTH: Final = 60
 
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$", re.IGNORECASE)
@@ -21,7 +23,7 @@ _HIDDEN_ATTRIBUTES: Final = frozenset({"claimToken"})
 
 def iso(moment: datetime) -> str:
     """The format of ``createdAt``/``updatedAt`` in the table (UTC, milliseconds, ``Z``)."""
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return timestamp(moment.timestamp())
 
 
 def parse_since(text: str, now: datetime | None = None) -> str:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import textwrap
+import time
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -13,7 +13,7 @@ import boto3
 from resender.events import MessageIdParser, Notice, parse_event
 from resender.local.runner import Invocation, LocalStack, invoke, load_event, local_stack
 from resender.queues import POISON_REASON_ATTRIBUTE
-from resender.store import OutcomeStore
+from resender.store import OutcomeStore, timestamp
 
 COLUMNS = ("event file", "messageId", "orgId", "status", "resentMessageId", "reason")
 
@@ -171,9 +171,8 @@ def first_request(stack: LocalStack) -> str:
 
 
 def _now_iso() -> str:
-    # The table's updatedAt format (UTC, milliseconds); a millisecond early, so this run's writes are later.
-    moment = datetime.now(UTC) - timedelta(milliseconds=1)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    # A millisecond early, so that this run's writes are later.
+    return timestamp(time.time() - 0.001)
 
 
 def _dead_letter_count(stack: LocalStack) -> int:
