@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import botocore.session
 from botocore.config import Config
+from botocore.exceptions import ClientError
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -67,3 +68,13 @@ class AwsClients:
         return self._session.create_client(
             service, region_name=self._region, endpoint_url=self._endpoint_url, config=config
         )
+
+
+def error_name(error: BaseException) -> str:
+    """What to call an AWS failure in a message: the service's error code, else the exception's type.
+
+    Never its text: a service's message may quote the request, and with it an item's or a secret's values.
+    """
+    if isinstance(error, ClientError):
+        return str(error.response.get("Error", {}).get("Code", "Unknown"))
+    return type(error).__name__

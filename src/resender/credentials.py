@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from resender.aws import error_name
 from resender.errors import ResenderError
 from resender.settings import ConfigurationError, validate_base_url
 
@@ -223,8 +224,9 @@ class CredentialsProvider:
         try:
             response = self._client.get_secret_value(SecretId=self._secret_id)
         except ClientError as error:
-            code = error.response.get("Error", {}).get("Code", "Unknown")
-            raise SecretError(f"cannot read the Capillary secret from Secrets Manager ({code})") from None
+            raise SecretError(
+                f"cannot read the Capillary secret from Secrets Manager ({error_name(error)})"
+            ) from None
         except BotoCoreError as error:
             raise SecretError(
                 f"cannot reach Secrets Manager to read the Capillary secret ({type(error).__name__})"

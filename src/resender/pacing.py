@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from resender.aws import error_name
 from resender.dynamodb_codec import item_numbers
 from resender.models import ResendResult, Verdict
 
@@ -249,8 +250,8 @@ class SharedPacer:
                 ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
         except ClientError as error:
-            if _code(error) != "ConditionalCheckFailedException":
-                return self._unavailable(org, now, _code(error))
+            if error_name(error) != "ConditionalCheckFailedException":
+                return self._unavailable(org, now, error_name(error))
             old = item_numbers(error.response.get("Item") or {})  # type: ignore[arg-type]
             self._remember(org, old, now)
             return self._refusal_from(org, old, now, max_wait)
@@ -483,7 +484,7 @@ class SharedPacer:
         try:
             response = self._client.update_item(**request)
         except ClientError as error:
-            if _code(error) == "ConditionalCheckFailedException":
+            if error_name(error) == "ConditionalCheckFailedException":
                 return  # another container wrote the same news first
             raise
         self._remember(org, item_numbers(response.get("Attributes", {})), self._clock())
@@ -586,7 +587,3 @@ def _n(value: float) -> dict[str, str]:
     if isinstance(value, int) or float(value).is_integer():
         return {"N": str(int(value))}
     return {"N": f"{value:.6f}".rstrip("0")}
-
-
-def _code(error: ClientError) -> str:
-    return str(error.response.get("Error", {}).get("Code", "Unknown"))

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from resender.aws import error_name
 from resender.errors import ResenderError
 
 if TYPE_CHECKING:
@@ -85,7 +86,7 @@ class Queues:
             )
         except (ClientError, BotoCoreError) as error:
             raise QueueError(
-                f"copying a poison record to the dead-letter queue failed ({_name(error)})"
+                f"copying a poison record to the dead-letter queue failed ({error_name(error)})"
             ) from None
 
     def enqueue_copy(
@@ -116,7 +117,7 @@ class Queues:
                 MessageAttributes=message_attributes,  # type: ignore[arg-type]
             )
         except (ClientError, BotoCoreError) as error:
-            raise QueueError(f"re-enqueueing a held-back record failed ({_name(error)})") from None
+            raise QueueError(f"re-enqueueing a held-back record failed ({error_name(error)})") from None
 
     def delay(self, source_arn: str, receipt_handle: str, seconds: int) -> None:
         """Hide a record that will be retried for ``seconds`` (its backoff)."""
@@ -127,7 +128,9 @@ class Queues:
                 VisibilityTimeout=max(0, min(seconds, SQS_MAX_VISIBILITY_SECONDS)),
             )
         except (ClientError, BotoCoreError) as error:
-            raise QueueError(f"changing the visibility of a retried record failed ({_name(error)})") from None
+            raise QueueError(
+                f"changing the visibility of a retried record failed ({error_name(error)})"
+            ) from None
 
     def dead_letter_queue_url(self, source_arn: str | None) -> str:
         if self._configured_dlq:
@@ -143,7 +146,9 @@ class Queues:
                 QueueUrl=self.queue_url(source_arn), AttributeNames=["RedrivePolicy"]
             )
         except (ClientError, BotoCoreError) as error:
-            raise QueueError(f"reading the source queue's redrive policy failed ({_name(error)})") from None
+            raise QueueError(
+                f"reading the source queue's redrive policy failed ({error_name(error)})"
+            ) from None
         # SQS leaves "Attributes" out entirely when none of those asked for is set.
         attributes = answer.get("Attributes") or {}
         target = dead_letter_target_arn(attributes.get("RedrivePolicy"))
@@ -167,7 +172,7 @@ class Queues:
         try:
             url = url_of_arn(self._client, queue_arn)
         except (ClientError, BotoCoreError) as error:
-            raise QueueError(f"looking up the queue URL failed ({_name(error)})") from None
+            raise QueueError(f"looking up the queue URL failed ({error_name(error)})") from None
         if not url:
             raise QueueError("looking up the queue URL failed (answer without a QueueUrl)")
         with self._lock:
@@ -278,9 +283,3 @@ def release(client: SQSClient, queue_url: str, receipt_handles: Iterable[str]) -
         except (BotoCoreError, ClientError):
             # They come back on their own when the visibility timeout ends; nothing is lost either way.
             return
-
-
-def _name(error: Exception) -> str:
-    if isinstance(error, ClientError):
-        return str(error.response.get("Error", {}).get("Code", "Unknown"))
-    return type(error).__name__

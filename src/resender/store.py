@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Final, cast
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from resender.aws import error_name
 from resender.dynamodb_codec import PlainValue, item_to_plain, to_item
 from resender.errors import ResenderError
 from resender.models import FINAL_STATUSES, Answer, ResendResult, Status
@@ -152,9 +153,9 @@ class OutcomeStore:
                 ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
         except ClientError as error:
-            if _code(error) != "ConditionalCheckFailedException":
+            if error_name(error) != "ConditionalCheckFailedException":
                 self._release(message_id, token, now)
-                raise StoreError(f"claim failed ({_code(error)})") from None
+                raise StoreError(f"claim failed ({error_name(error)})") from None
             existing = cast("Mapping[str, Any] | None", error.response.get("Item")) or self._read(message_id)
             return self._on_taken(message_id, token, existing, now)
         except BotoCoreError as error:
@@ -192,8 +193,8 @@ class OutcomeStore:
                 **update,
             )
         except ClientError as error:
-            if _code(error) != "ConditionalCheckFailedException":
-                raise StoreError(f"recording the outcome failed ({_code(error)})") from None
+            if error_name(error) != "ConditionalCheckFailedException":
+                raise StoreError(f"recording the outcome failed ({error_name(error)})") from None
             existing = cast("Mapping[str, Any] | None", error.response.get("Item")) or self._read(message_id)
             item = item_to_plain(existing or {})
             if item.get("status") == outcome.status and item.get("errorMessage") == outcome.error_message:
@@ -270,9 +271,9 @@ class OutcomeStore:
                 claim.message_id, claim.token, Status.RETRYING, reason, self._clock(), also=held_back
             )
         except ClientError as error:
-            if _code(error) == "ConditionalCheckFailedException":
+            if error_name(error) == "ConditionalCheckFailedException":
                 raise ClaimLostError("the claim was settled by another delivery") from None
-            raise StoreError(f"releasing a held-back claim failed ({_code(error)})") from None
+            raise StoreError(f"releasing a held-back claim failed ({error_name(error)})") from None
         except BotoCoreError as error:
             raise StoreError(f"releasing a held-back claim failed ({type(error).__name__})") from None
 
@@ -298,7 +299,7 @@ class OutcomeStore:
                 return
             if _lost_claim(error):
                 raise ClaimLostError("the claim was settled by another delivery") from None
-            raise StoreError(f"recording the outcome failed ({_code(error)})") from None
+            raise StoreError(f"recording the outcome failed ({error_name(error)})") from None
         except BotoCoreError as error:
             raise StoreError(f"recording the outcome failed ({type(error).__name__})") from None
 
@@ -389,9 +390,9 @@ class OutcomeStore:
         try:
             self._close_claim(message_id, stale_token, Status.UNCERTAIN, why, now)
         except ClientError as error:
-            if _code(error) == "ConditionalCheckFailedException":
+            if error_name(error) == "ConditionalCheckFailedException":
                 return ClaimResult(ClaimState.IN_FLIGHT)  # someone else settled it just now: look again later
-            raise StoreError(f"expiring a stale claim failed ({_code(error)})") from None
+            raise StoreError(f"expiring a stale claim failed ({error_name(error)})") from None
         except BotoCoreError as error:
             raise StoreError(f"expiring a stale claim failed ({type(error).__name__})") from None
         return ClaimResult(ClaimState.EXPIRED, status=Status.UNCERTAIN)
@@ -400,7 +401,7 @@ class OutcomeStore:
         try:
             response = self._client.get_item(TableName=self._table, Key=_key(message_id), ConsistentRead=True)
         except ClientError as error:
-            raise StoreError(f"reading the outcome failed ({_code(error)})") from None
+            raise StoreError(f"reading the outcome failed ({error_name(error)})") from None
         except BotoCoreError as error:
             raise StoreError(f"reading the outcome failed ({type(error).__name__})") from None
         return dict(response["Item"]) if "Item" in response else None
@@ -448,7 +449,7 @@ class OutcomeStore:
         try:
             response = self._client.query(**request)
         except ClientError as error:
-            raise StoreError(f"listing outcomes failed ({_code(error)})") from None
+            raise StoreError(f"listing outcomes failed ({error_name(error)})") from None
         except BotoCoreError as error:
             raise StoreError(f"listing outcomes failed ({type(error).__name__})") from None
         items = [item_to_plain(item) for item in response.get("Items", [])]
@@ -518,9 +519,9 @@ class OutcomeStore:
                 ReturnValues="ALL_NEW",
             )
         except ClientError as error:
-            if _code(error) == "ConditionalCheckFailedException":
+            if error_name(error) == "ConditionalCheckFailedException":
                 return None
-            raise StoreError(f"forcing a claim failed ({_code(error)})") from None
+            raise StoreError(f"forcing a claim failed ({error_name(error)})") from None
         except BotoCoreError as error:
             raise StoreError(f"forcing a claim failed ({type(error).__name__})") from None
         return _claim_from(message_id, token, response.get("Attributes", {}))
@@ -572,18 +573,14 @@ def _optional_int(value: object) -> int | None:
     return int(value) if isinstance(value, int | str) and str(value).isdigit() else None
 
 
-def _code(error: ClientError) -> str:
-    return str(error.response.get("Error", {}).get("Code", "Unknown"))
-
-
 def _already_recorded(error: ClientError, outcome: Outcome) -> bool:
     """Did an earlier attempt of this very settle land, with only its answer lost?"""
-    if _code(error) == "IdempotentParameterMismatchException":
+    if error_name(error) == "IdempotentParameterMismatchException":
         # Only an earlier record() of the same claim can have used its token: that transaction was applied.
         return True
-    if _code(error) == "ConditionalCheckFailedException":
+    if error_name(error) == "ConditionalCheckFailedException":
         found: object = error.response.get("Item")
-    elif _code(error) == "TransactionCanceledException":
+    elif error_name(error) == "TransactionCanceledException":
         reasons = error.response.get("CancellationReasons") or [{}]
         found = reasons[0].get("Item")
     else:
@@ -598,7 +595,7 @@ def _already_recorded(error: ClientError, outcome: Outcome) -> bool:
 
 
 def _lost_claim(error: ClientError) -> bool:
-    code = _code(error)
+    code = error_name(error)
     if code == "ConditionalCheckFailedException":
         return True
     if code == "TransactionCanceledException":

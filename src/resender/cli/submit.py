@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Final, NamedTuple, Protocol, TextIO, cast
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from resender.aws import error_name
 from resender.errors import ResenderError
 from resender.events import PoisonError, validate_message_id
 
@@ -328,7 +329,7 @@ def publish(
             try:
                 refused = publisher.send(entries)
             except (ClientError, BotoCoreError) as error:
-                reason = _aws_reason(error)
+                reason = error_name(error)
                 refused = [Refused(entry.entry_id, reason, True) for entry in entries]
             refused_ids = {refusal.entry_id for refusal in refused}
             result.published += len(pending) - len(refused_ids & pending.keys())
@@ -347,9 +348,3 @@ def publish(
         if on_progress:
             on_progress(result.published + len(result.failed), len(notifications))
     return result
-
-
-def _aws_reason(error: ClientError | BotoCoreError) -> str:
-    if isinstance(error, ClientError):
-        return str(error.response.get("Error", {}).get("Code", "Unknown"))
-    return type(error).__name__
